@@ -1,0 +1,145 @@
+"""One error hierarchy for everything hpspec reports to a user.
+
+Every failure a user can cause (a wrong spec, a broken checkpoint, a bad command line) is an
+`HpspecError`; anything else escaping hpspec is a bug. Spec problems carry `Diagnostic`s that point
+at a file, line and column and say what would have been valid.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Iterable, Literal, Sequence
+
+Severity = Literal["error", "warning"]
+
+
+@dataclass(frozen=True, order=True)
+class Span:
+    """A region of a spec's source: 1-based lines and columns, 0-based character offsets."""
+
+    line: int
+    column: int
+    end_line: int
+    end_column: int
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    severity: Severity
+    message: str
+    span: Span | None = None
+    help: str | None = None
+    path: str = "<spec>"
+
+    def render(self, source: str | None = None) -> str:
+        """`file:line:col: severity: message`, the source line with a caret, and the help."""
+        if self.span is None:
+            head = f"{self.path}: {self.severity}: {self.message}"
+            return head + (f"\n  = help: {self.help}" if self.help else "")
+        span = self.span
+        lines = [f"{self.path}:{span.line}:{span.column}: {self.severity}: {self.message}"]
+        if source is not None:
+            text = _source_line(source, span.line)
+            gutter = str(span.line)
+            width = span.end_column - span.column if span.end_line == span.line else len(text) - span.column + 1
+            lines.append(f" {gutter} | {text}")
+            lines.append(f" {' ' * len(gutter)} | {' ' * (span.column - 1)}{'^' * max(1, width)}")
+        if self.help:
+            lines.append(f"  = help: {self.help}")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, object]:
+        data: dict[str, object] = {
+            "severity": self.severity,
+            "message": self.message,
+            "path": self.path,
+            "help": self.help,
+        }
+        if self.span is not None:
+            data.update(
+                line=self.span.line,
+                column=self.span.column,
+                end_line=self.span.end_line,
+                end_column=self.span.end_column,
+            )
+        return data
+
+
+def _source_line(source: str, line: int) -> str:
+    lines = source.splitlines()
+    return lines[line - 1].expandtabs(1) if 0 < line <= len(lines) else ""
+
+
+class HpspecError(Exception):
+    """Base of every error hpspec raises on purpose. `exit_code` is what the CLI returns."""
+
+    exit_code = 1
+
+
+class UsageError(HpspecError):
+    """The command line itself is wrong (exit 2)."""
+
+    exit_code = 2
+
+
+class SpecError(HpspecError):
+    """A spec failed to parse or check. Holds every diagnostic found, errors and warnings."""
+
+    def __init__(self, diagnostics: Sequence[Diagnostic], source: str | None = None):
+        self.diagnostics = tuple(diagnostics)
+        self.source = source
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        return "\n".join(d.render(self.source) for d in self.diagnostics)
+
+
+class TargetError(HpspecError):
+    """A target (built-in name, directory, config or checkpoint) cannot be described as a graph."""
+
+
+class CheckpointError(HpspecError):
+    """A checkpoint on disk is missing, broken, unsupported or does not match the plan."""
+
+
+class PlanError(HpspecError):
+    """A plan file is malformed, or does not fit the model it is applied to."""
+
+
+@dataclass
+class DiagnosticSink:
+    """Collects diagnostics for one spec so that all of them are reported at once."""
+
+    path: str
+    items: list[Diagnostic] = field(default_factory=list)
+
+    def error(self, message: str, span: Span | None = None, help: str | None = None) -> None:
+        self.items.append(Diagnostic("error", message, span, help, self.path))
+
+    def warning(self, message: str, span: Span | None = None, help: str | None = None) -> None:
+        self.items.append(Diagnostic("warning", message, span, help, self.path))
+
+    @property
+    def has_errors(self) -> bool:
+        return any(d.severity == "error" for d in self.items)
+
+    def sorted(self) -> tuple[Diagnostic, ...]:
+        """Diagnostics in source order (those without a span first), stable for equal spans."""
+        return tuple(sorted(self.items, key=lambda d: (d.span is not None, d.span or Span(0, 0, 0, 0, 0, 0))))
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
+    """The closest valid name to a misspelt one, if any is close enough to suggest."""
+    matches = difflib.get_close_matches(word, sorted(set(choices)), n=1, cutoff=0.6)
+    return matches[0] if matches else None
+
+
+def one_of(choices: Iterable[str]) -> str:
+    """`a`, `b` or `c`: a list of valid names for a help line."""
+    quoted = [f"`{c}`" for c in choices]
+    if len(quoted) <= 1:
+        return "".join(quoted)
+    return ", ".join(quoted[:-1]) + " or " + quoted[-1]
