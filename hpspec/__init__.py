@@ -1,0 +1,31 @@
+"""hpspec: a declarative compiler for compressing diffusion transformers.
+
+parse -> check -> plan -> apply -> report. Importing hpspec is cheap: torch is imported only by
+the stages that touch tensors (`apply`, `load_pretrained`, ...), on first use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "parse", "check", "compile_plan", "plan_spec", "apply", "load_pretrained"]
+
+_LAZY = {
+    "parse": ("hpspec.parse", "parse"),
+    "check": ("hpspec.check", "check"),
+    "compile_plan": ("hpspec.plan", "compile_plan"),
+    "plan_spec": ("hpspec.plan", "plan_spec"),
+    "apply": ("hpspec.prune", "apply"),
+    "load_pretrained": ("hpspec.prune", "load_pretrained"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module, attribute = _LAZY[name]
+        return getattr(importlib.import_module(module), attribute)
+    raise AttributeError(f"module 'hpspec' has no attribute {name!r}")

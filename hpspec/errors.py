@@ -139,7 +139,16 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
 
 def one_of(choices: Iterable[str]) -> str:
     """`a`, `b` or `c`: a list of valid names for a help line."""
+    return _listing(choices, "or")
+
+
+def all_of(choices: Iterable[str]) -> str:
+    """`a`, `b` and `c`."""
+    return _listing(choices, "and")
+
+
+def _listing(choices: Iterable[str], conjunction: str) -> str:
     quoted = [f"`{c}`" for c in choices]
     if len(quoted) <= 1:
         return "".join(quoted)
-    return ", ".join(quoted[:-1]) + " or " + quoted[-1]
+    return ", ".join(quoted[:-1]) + f" {conjunction} " + quoted[-1]

@@ -55,6 +55,10 @@ _STATEMENT_HINTS = {
 
 
 def grammar_text() -> str:
+    # A source checkout has grammar/ beside the package; an installed wheel has hpspec/grammar/.
+    checkout = Path(__file__).resolve().parent.parent / "grammar" / _GRAMMAR_FILE
+    if checkout.is_file():
+        return checkout.read_text(encoding="utf-8")
     return resources.files("hpspec.grammar").joinpath(_GRAMMAR_FILE).read_text(encoding="utf-8")
 
 
@@ -65,8 +69,9 @@ def _parser() -> Lark:
     return Lark(grammar_text(), parser="lalr", propagate_positions=True, maybe_placeholders=True, cache=True)
 
 
-def parse(source: str, path: str = "<spec>") -> s.Spec:
-    """Parse a whole spec. Raises `SpecError` with one diagnostic per malformed statement."""
+def parse(source: str, path: str = "<spec>", recover: bool = False) -> s.Spec:
+    """Parse a whole spec. Raises `SpecError` with one diagnostic per malformed statement, or with
+    `recover`, returns the statements that parsed and carries the syntax errors in the Spec."""
     sink = DiagnosticSink(path)
     statements: list[s.Statement] = []
     comments: list[s.Comment] = []
@@ -77,16 +82,16 @@ def parse(source: str, path: str = "<spec>") -> s.Spec:
         statement = _parse_chunk(chunk, sink)
         if statement is not None:
             statements.append(statement)
-    if sink.has_errors:
+    if sink.has_errors and not recover:
         raise SpecError(sink.sorted(), source)
-    return s.Spec(path=path, source=source, statements=tuple(statements), comments=tuple(comments))
+    return s.Spec(path, source, tuple(statements), tuple(comments), sink.sorted())
 
 
-def parse_file(path: str | Path) -> s.Spec:
-    from .io import read_text_input  # local: io is only needed when reading files
+def parse_file(path: str | Path, recover: bool = False) -> s.Spec:
+    from .io import read_text_input
 
     text = read_text_input(Path(path), what="spec")
-    return parse(text, str(path))
+    return parse(text, str(path), recover)
 
 
 # --------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Union
 
-from .errors import Span
+from .errors import Diagnostic, Span
 
 
 @dataclass(frozen=True)
@@ -120,6 +120,9 @@ class Spec:
     source: str
     statements: tuple[Statement, ...]
     comments: tuple[Comment, ...]
+    # Syntax errors of statements that did not parse (only with parse(..., recover=True)); the
+    # checker reports them together with its own findings.
+    diagnostics: tuple[Diagnostic, ...] = ()
 
     def of_type(self, kind: type) -> tuple:
         return tuple(s for s in self.statements if isinstance(s, kind))

@@ -36,6 +36,13 @@ EVAL_TEMPLATES: tuple[str, ...] = (
     "an image of the number {word}",
 )
 
+# Never seen in training: how far the text encoder carries the model beyond its templates.
+UNSEEN_TEMPLATES: tuple[str, ...] = (
+    "a drawing of the number {word}",
+    "number {num}",
+    "handwriting that shows a {num}",
+)
+
 PROMPTS_FILE: Path = Path(__file__).with_name("prompts.txt")
 
 _NUMERAL = re.compile(r"(?<![0-9])([0-9])(?![0-9])")

@@ -1,0 +1,12 @@
+"""The command groups beyond check/plan/graph, in the order `hpspec --help` lists them.
+
+Each entry is a function that adds its subcommands to the parser; a group imports its heavy
+dependencies (torch, diffusers) inside its handlers, never at import time.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Callable
+
+REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = []
