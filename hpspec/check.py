@@ -217,7 +217,7 @@ class _Checker:
     def unknown_stack(self, name: s.Name, words: dict[str, tuple[str, bool]]) -> None:
         stacks = [st.name for st in self.graph.stacks]
         if len(stacks) > 1 and name.text in ("blocks", "block"):
-            described = ", ".join(f"`{st.name}[...]` ({self.range_text(len(st))})" for st in self.graph.stacks)
+            described = " or ".join(f"`{st.name}[...]` (0–{len(st) - 1})" for st in self.graph.stacks)
             self.sink.error(
                 f"`{name.text}` is ambiguous: {self.graph.name} has {len(stacks)} stacks of blocks",
                 name.span,
@@ -270,8 +270,9 @@ class _Checker:
         return st.singular.replace("_", " ") if st else "block"
 
     def stack_phrase(self, stack: str, count: int) -> str:
-        prefix = "" if len(self.graph.stacks) == 1 else f"{stack.replace('_', ' ')}: "
-        return prefix + self.range_text(count)
+        if len(self.graph.stacks) == 1:
+            return self.range_text(count)
+        return f"{stack} 0–{count - 1}" if count else f"no {stack}"
 
     def check_part_word(self, name: s.Name, stack: str) -> bool:
         words = self.arch.words
