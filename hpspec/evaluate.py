@@ -145,12 +145,19 @@ class DiffusersPipelineGenerator:
         transformer: "nn.Module | None" = None,
         dtype: "torch.dtype | None" = None,
         device: "str | torch.device | None" = None,
+        pipeline_kwargs: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> "DiffusersPipelineGenerator":
-        """Loads a pipeline from a local directory or hub id (local files only when offline)."""
+        """Loads a pipeline from a local directory or hub id (local files only when offline).
+
+        ``pipeline_kwargs`` go to ``DiffusionPipeline.from_pretrained``: e.g. ``{"text_encoder_3":
+        None, "tokenizer_3": None}`` runs SD3 without T5; ``kwargs`` go to the constructor.
+        """
         from diffusers import DiffusionPipeline
 
-        parts: dict[str, Any] = {} if transformer is None else {"transformer": transformer}
+        parts: dict[str, Any] = dict(pipeline_kwargs or {})
+        if transformer is not None:
+            parts["transformer"] = transformer
         if dtype is not None:
             parts["torch_dtype"] = dtype
         pipeline = DiffusionPipeline.from_pretrained(

@@ -1,0 +1,242 @@
+"""hpspec.evaluate: the metric arithmetic, evaluate() itself, and the diffusers/CLIP adapters on
+tiny models built from configs and saved to a temporary directory (no hub, no network)."""
+
+from __future__ import annotations
+
+import string
+import subprocess
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("diffusers")
+pytest.importorskip("transformers")
+
+from hpspec.evaluate import (  # noqa: E402
+    CLIPScorer,
+    DiffusersPipelineGenerator,
+    Generator,
+    Scorer,
+    degradation,
+    evaluate,
+    format_result,
+    is_demo_transformer,
+    relative_drops,
+)
+
+
+def test_import_does_not_load_torch() -> None:
+    code = "import sys, hpspec.evaluate; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_degradation_is_mean_relative_drop() -> None:
+    ref = {"prompt_accuracy": 0.8, "quality": 0.5}
+    now = {"prompt_accuracy": 0.6, "quality": 0.5}
+    assert relative_drops(now, ref) == pytest.approx({"prompt_accuracy": 0.25, "quality": 0.0})
+    assert degradation(now, ref) == pytest.approx(0.125)
+    assert degradation(ref, ref) == 0.0
+    # Better than the reference is a negative drop, as in the paper's tables.
+    assert degradation({"quality": 0.6}, {"quality": 0.5}) == pytest.approx(-0.2)
+
+
+def test_degradation_needs_a_shared_metric() -> None:
+    with pytest.raises(ValueError, match="no metric to compare"):
+        degradation({"clip_score": 0.3}, {"quality": 0.5})
+
+
+class ConstantGenerator:
+    """Seed-dependent constant images: image value = (seed + 1) / 10."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[str], int]] = []
+
+    def generate(self, prompts: Sequence[str], seed: int) -> torch.Tensor:
+        self.calls.append((list(prompts), seed))
+        return torch.full((len(prompts), 1, 4, 4), (seed + 1) / 10)
+
+
+class MeanScorer:
+    def score(self, images: torch.Tensor, prompts: Sequence[str]) -> dict[str, float]:
+        assert len(prompts) == images.shape[0]
+        return {"brightness": float(images.mean()), "one": 1.0}
+
+
+def test_evaluate_generates_each_seed_and_scores_all_images() -> None:
+    gen, scorer = ConstantGenerator(), MeanScorer()
+    assert isinstance(gen, Generator) and isinstance(scorer, Scorer)
+    result = evaluate(gen, scorer, ["a", "b", "c"], seeds=(0, 1))
+    assert [seed for _, seed in gen.calls] == [0, 1]
+    assert result["num_images"] == 6
+    assert result["brightness"] == pytest.approx(0.15)
+    assert result["metrics"] == ["brightness", "one"]
+    assert result["latency_s_per_image"] > 0
+    assert "degradation" not in result
+
+    worse = evaluate(gen, scorer, ["a"], seeds=(0,), reference=result)
+    assert worse["relative_drop"] == pytest.approx({"brightness": 1 / 3, "one": 0.0})
+    assert worse["degradation"] == pytest.approx(1 / 6)
+    assert "degradation" in format_result(worse)
+
+
+def test_is_demo_transformer(tmp_path: Path) -> None:
+    from hpspec.demo import transformer_dir
+
+    assert is_demo_transformer(transformer_dir())
+    assert not is_demo_transformer(tmp_path)
+
+
+def tiny_clip_tokenizer(path: Path):
+    """A character-level CLIP BPE tokenizer (no merges): enough to run real CLIP code offline."""
+    from transformers import CLIPTokenizer
+
+    chars = string.ascii_lowercase + string.digits + string.punctuation
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in chars:
+        vocab.setdefault(c, len(vocab))
+        vocab.setdefault(c + "</w>", len(vocab))
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=16)
+    tokenizer.save_pretrained(path)
+    return tokenizer
+
+
+def tiny_clip_text_config(vocab_size: int):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=16,
+        projection_dim=32,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+    )
+
+
+# SD3 without its T5 encoder: the pipeline then feeds zeros in T5's place.
+NO_T5 = {"text_encoder_3": None, "tokenizer_3": None}
+
+
+@pytest.fixture(scope="module")
+def tiny_sd3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A complete StableDiffusion3Pipeline (2 CLIP text encoders, no T5) of a few thousand weights."""
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
+    from transformers import CLIPTextModelWithProjection
+
+    path = tmp_path_factory.mktemp("tiny-sd3")
+    torch.manual_seed(0)
+    tokenizer = tiny_clip_tokenizer(path / "tok")
+    text_config = tiny_clip_text_config(len(tokenizer))
+    pipe = StableDiffusion3Pipeline(
+        transformer=SD3Transformer2DModel(
+            sample_size=8, patch_size=1, in_channels=4, out_channels=4, num_layers=2,
+            attention_head_dim=8, num_attention_heads=4, caption_projection_dim=32,
+            joint_attention_dim=32, pooled_projection_dim=64, pos_embed_max_size=8,
+            qk_norm="rms_norm",
+        ),
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=AutoencoderKL(
+            in_channels=3, out_channels=3, block_out_channels=(4,), layers_per_block=1,
+            latent_channels=4, norm_num_groups=1, sample_size=8, use_quant_conv=False,
+            use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035,
+        ),
+        text_encoder=CLIPTextModelWithProjection(text_config),
+        tokenizer=tokenizer,
+        text_encoder_2=CLIPTextModelWithProjection(text_config),
+        tokenizer_2=tokenizer,
+        text_encoder_3=None,
+        tokenizer_3=None,
+    )
+    pipe.save_pretrained(path / "pipe")
+    return path / "pipe"
+
+
+def test_pipeline_generator_loads_offline_and_is_seeded(
+    tiny_sd3_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    gen = DiffusersPipelineGenerator.from_pretrained(
+        tiny_sd3_dir, pipeline_kwargs=NO_T5, steps=2, guidance=2.0, height=8, width=8, batch_size=2
+    )
+    assert type(gen.pipeline).__name__ == "StableDiffusion3Pipeline"
+    assert isinstance(gen, Generator)
+    prompts = ["a cat", "a dog", "a red bird"]
+    first = gen.generate(prompts, seed=3)
+    assert first.shape == (3, 3, 8, 8)
+    assert first.dtype == torch.float32
+    assert 0.0 <= float(first.min()) and float(first.max()) <= 1.0
+    assert torch.equal(first, gen.generate(prompts, seed=3))
+    assert not torch.equal(first, gen.generate(prompts, seed=4))
+
+
+def test_pipeline_generator_takes_a_replacement_transformer(tiny_sd3_dir: Path) -> None:
+    from diffusers import SD3Transformer2DModel
+
+    transformer = SD3Transformer2DModel.from_pretrained(tiny_sd3_dir / "transformer")
+    with torch.no_grad():
+        for p in transformer.proj_out.parameters():
+            p.zero_()  # a model that predicts zero velocity: its samples stay the initial noise
+    base = DiffusersPipelineGenerator.from_pretrained(
+        tiny_sd3_dir, pipeline_kwargs=NO_T5, steps=2, height=8, width=8
+    )
+    swapped = DiffusersPipelineGenerator.from_pretrained(
+        tiny_sd3_dir, transformer=transformer, pipeline_kwargs=NO_T5, steps=2, height=8, width=8
+    )
+    assert swapped.pipeline.transformer is transformer
+    assert not torch.equal(base.generate(["x"], 0), swapped.generate(["x"], 0))
+
+
+@pytest.fixture(scope="module")
+def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from transformers import CLIPConfig, CLIPModel, CLIPVisionConfig
+
+    path = tmp_path_factory.mktemp("tiny-clip")
+    torch.manual_seed(0)
+    tokenizer = tiny_clip_tokenizer(path)
+    vision = CLIPVisionConfig(
+        image_size=16, patch_size=4, hidden_size=32, intermediate_size=37,
+        num_hidden_layers=2, num_attention_heads=4, projection_dim=32,
+    )
+    config = CLIPConfig(
+        text_config=tiny_clip_text_config(len(tokenizer)).to_dict(),
+        vision_config=vision.to_dict(),
+        projection_dim=32,
+    )
+    CLIPModel(config).save_pretrained(path)
+    return path
+
+
+def test_clip_scorer_scores_in_unit_interval(
+    tiny_clip_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    scorer = CLIPScorer.from_pretrained(tiny_clip_dir)
+    assert isinstance(scorer, Scorer)
+    images = torch.rand((5, 3, 24, 20), generator=torch.Generator().manual_seed(0))
+    prompts = ["a cat", "a dog", "7", "the digit seven", "a house"]
+    sims = scorer.similarities(images, prompts)
+    assert sims.shape == (5,)
+    assert bool(((sims >= -1) & (sims <= 1)).all())
+    score = scorer.score(images, prompts)["clip_score"]
+    assert score == pytest.approx(float(sims.clamp(min=0).mean()))
+    assert 0.0 <= score <= 1.0
+    # Batching does not change the numbers; one-channel images are accepted.
+    scorer.batch_size = 2
+    assert torch.allclose(scorer.similarities(images, prompts), sims, atol=1e-5)
+    gray = scorer.score(images[:, :1], prompts)["clip_score"]
+    assert 0.0 <= gray <= 1.0
+    with pytest.raises(ValueError, match="prompts"):
+        scorer.score(images, prompts[:2])
