@@ -9,4 +9,10 @@ from __future__ import annotations
 import argparse
 from typing import Callable
 
-REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = []
+from . import cli_analysis
+from . import cli_review
+
+REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [
+    cli_analysis.register,
+    cli_review.register,
+]

@@ -218,7 +218,7 @@ def _ops(graph: ModelGraph, checked: CheckedSpec) -> list[Op]:
     for item in checked.drops:
         if item.part is not None:
             parts_by_block.setdefault((item.stack, item.block), []).append(item.part)
-    for item in checked.drops:
+    for item in sorted(checked.drops, key=lambda i: _registration_key(graph, i)):
         block = _block(graph, item)
         if item.part is None:
             ops.append(
@@ -237,6 +237,12 @@ def _ops(graph: ModelGraph, checked: CheckedSpec) -> list[Op]:
             )  # fmt: skip
     ops.extend(_last_block_conversion(graph, ops))
     return ops
+
+
+def _registration_key(graph: ModelGraph, item: Item) -> tuple[int, int, int]:
+    """Stack, block, then parts in the order diffusers registers them."""
+    words = _block(graph, item).words
+    return item.stack_order, item.block, -1 if item.part is None else words.index(item.part)
 
 
 def _last_block_conversion(graph: ModelGraph, ops: list[Op]) -> list[Op]:

@@ -63,9 +63,16 @@ def plan_text(plan: Plan) -> str:
     lines = [f"plan for {plan.target.name}  (spec {plan.spec.path}, graph {plan.target.fingerprint})", ""]
     rows = []
     for name, stack in plan.stacks.items():
-        parts = [f"{op.block}.{op.part}" for op in plan.ops if op.kind == "drop_part" and op.stack == name]
-        rows.append([name, str(stack.before), str(stack.after), _ranges(stack.dropped) or "-", ", ".join(parts) or "-"])
+        parts = [op for op in plan.ops if op.kind == "drop_part" and op.stack == name]
+        rows.append([name, str(stack.before), str(stack.after), _ranges(stack.dropped) or "-", str(len(parts)) if parts else "-"])
     lines.append(table(rows, ["stack", "before", "after", "blocks dropped", "parts dropped"]))
+    for name in plan.stacks:
+        by_block: dict[int, list[str]] = {}
+        for op in plan.ops:
+            if op.kind == "drop_part" and op.stack == name:
+                by_block.setdefault(op.block, []).append(op.part or "")
+        for block, words in sorted(by_block.items()):
+            lines.append(f"  {name[:-1]}[{block}]: {', '.join(words)}")
     converted = [op for op in plan.ops if op.kind == "convert_last_block"]
     for op in converted:
         lines.append(

@@ -1,0 +1,126 @@
+"""`hpspec analyze` and `hpspec suggest`: sensitivity tables, and specs chosen from them."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from .errors import SpecError, UsageError
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    analyze = commands.add_parser("analyze", help="measure (or import) what removing each block and part costs")
+    analyze.add_argument("--import-reference", metavar="FILE", help="the reference code's released table (BLOCK<tab>PART: score)")
+    analyze.add_argument("--full-score", type=float, help="the unpruned model's score (with --import-reference)")
+    analyze.add_argument("--scorer", default="hpsv2", help="the metric the imported table measured")
+    analyze.add_argument("--target", help="the model the table was measured on")
+    analyze.add_argument("-o", "--output", required=True, help="the table to write (JSON)")
+    analyze.set_defaults(handler=cmd_analyze)
+
+    suggest = commands.add_parser("suggest", help="write an explicit spec for a parameter budget")
+    suggest.add_argument("--method", choices=("hierarchical", "koala", "bksdm"), default="hierarchical")
+    suggest.add_argument("--target", required=True)
+    suggest.add_argument("--sensitivity", required=True, metavar="TABLE")
+    suggest.add_argument("--keep", type=float, required=True, help="fraction of parameters to keep, e.g. 0.71")
+    suggest.add_argument("--blocks", help='whole blocks dropped as given, e.g. "25:29,31:35"')
+    suggest.add_argument("--within", help='where parts may be removed, e.g. "13:19"')
+    suggest.add_argument("--exclude", default="", help="part kinds never removed, comma-separated, e.g. attn")
+    suggest.add_argument("--position-weight", action="store_true", help="rank by the paper's position-weighted ΔP")
+    suggest.add_argument("-o", "--output", help="the spec to write (default: stdout)")
+    suggest.set_defaults(handler=cmd_suggest)
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from .graph import resolve_target
+    from .io import read_json_input, write_text_atomic
+    from .sensitivity import import_reference
+
+    if args.import_reference is None:
+        raise UsageError("hpspec analyze: measuring needs the model (--model DIR); to import a released table pass --import-reference FILE")
+    if args.full_score is None or args.target is None:
+        raise UsageError("hpspec analyze --import-reference needs --full-score and --target")
+    graph = resolve_target(args.target, Path("."))
+    data = read_json_input(Path(args.import_reference), "reference sensitivity table")
+    report = import_reference(data, graph, args.full_score, args.import_reference, args.scorer)
+    for skipped in report.skipped:
+        sys.stderr.write(f"warning: skipped {skipped}\n")
+    write_text_atomic(Path(args.output), report.table.to_json())
+    sys.stderr.write(f"wrote {args.output}: {len(report.table.entries)} entries for {graph.name}\n")
+    return 0
+
+
+def cmd_suggest(args: argparse.Namespace) -> int:
+    from .graph import resolve_target
+    from .sensitivity import check_table_fits, load_table
+    from .suggest import render_spec, suggest
+
+    graph = resolve_target(args.target, Path("."))
+    table = load_table(Path(args.sensitivity))
+    check_table_fits(table, graph, args.sensitivity)
+    blocks = _selection(args.blocks, graph, "--blocks") if args.blocks else ()
+    within = _selection(args.within, graph, "--within") if args.within else None
+    exclude = [w.strip() for w in args.exclude.split(",") if w.strip()]
+    unknown = [w for w in exclude if w not in graph.arch.words]
+    if unknown:
+        raise UsageError(f"--exclude: unknown part kind {unknown[0]!r}; kinds: {', '.join(graph.arch.words)}")
+    result = suggest(args.method, graph, table, args.keep, blocks, within, exclude, args.position_weight)
+    output = Path(args.output) if args.output else None
+    target_line = _target_line(args.target, output)
+    table_path = Path(args.sensitivity)
+    note = f"table {table_path.name} (scorer {table.scorer.name}, full score {table.full_score:g})"
+    extra = ["preserve auto"]
+    if args.method == "hierarchical":
+        extra.append(f'distill weight=sensitivity table="{_relative(table_path, output)}"')
+    text = render_spec(result, target_line, _command_line(args), note, extra)
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        from .io import write_text_atomic
+
+        write_text_atomic(output, text)
+        sys.stderr.write(f"wrote {output}: {result.kept_fraction:.4f} of parameters kept\n")
+    return 0
+
+
+def _selection(text: str, graph, option: str):
+    """`25:29,31:35` (the first stack) or full selectors like `single_blocks[3:9]`, resolved."""
+    from .check import check
+    from .parse import parse
+
+    selectors = text if "[" in text else f"{graph.stacks[0].name}[{text}]"
+    try:
+        return check(parse(f"drop {selectors}\n", option), graph).drops
+    except SpecError as error:
+        raise UsageError(f"{option} {text!r}: " + "; ".join(d.message for d in error.diagnostics)) from None
+
+
+def _target_line(target: str, output: Path | None) -> str:
+    from .graph import target_names
+
+    if target in target_names():
+        return f"target {target}"
+    return f'target "{_relative(Path(target), output)}"'
+
+
+def _relative(path: Path, output: Path | None) -> str:
+    import os
+
+    base = output.parent if output is not None else Path(".")
+    return Path(os.path.relpath(path.resolve(), base.resolve())).as_posix()
+
+
+def _command_line(args: argparse.Namespace) -> str:
+    parts = ["hpspec suggest", f"--method {args.method}", f"--target {shlex.quote(args.target)}",
+             f"--sensitivity {shlex.quote(Path(args.sensitivity).name)}", f"--keep {args.keep}"]  # fmt: skip
+    if args.blocks:
+        parts.append(f"--blocks {shlex.quote(args.blocks)}")
+    if args.within:
+        parts.append(f"--within {shlex.quote(args.within)}")
+    if args.exclude:
+        parts.append(f"--exclude {shlex.quote(args.exclude)}")
+    if args.position_weight:
+        parts.append("--position-weight")
+    return " ".join(parts)
+
