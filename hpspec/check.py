@@ -54,6 +54,11 @@ class Item:
     block: int
     part: str | None = None
 
+    @property
+    def whole(self) -> "Item":
+        """The whole block this item lies in."""
+        return Item(self.stack_order, self.stack, self.block)
+
     def describe(self) -> str:
         """As a user writes it: `block[22].context_mlp`, `single_block[3]`."""
         singular = self.stack[:-1] if self.stack.endswith("s") else self.stack
@@ -224,12 +229,7 @@ class _Checker:
                 help=f"write {described}",
             )
             return
-        suggestion = did_you_mean(name.text, words)
-        self.sink.error(
-            f"unknown block selector `{name.text}`",
-            name.span,
-            help=(f"did you mean `{suggestion}`? " if suggestion else "") + f"{self.graph.name} has {one_of(words)}",
-        )
+        self.unknown("block selector", name, words, f"{self.graph.name} has")
 
     def range_text(self, count: int) -> str:
         return f"blocks 0–{count - 1}" if count > 1 else ("block 0" if count == 1 else "no blocks")
@@ -286,13 +286,17 @@ class _Checker:
                 help=f"write `{word}`: hpspec uses the paper's words ({one_of(words)})",
             )
             return False
-        suggestion = did_you_mean(name.text, words)
-        self.sink.error(
-            f"unknown part `{name.text}`",
-            name.span,
-            help=(f"did you mean `{suggestion}`? " if suggestion else "") + f"parts are {one_of(words)}",
-        )
+        self.unknown("part", name, words, "parts are")
         return False
+
+    def unknown(self, what: str, name: s.Name, choices: Iterable[str], listing: str) -> None:
+        """`unknown WHAT `x``, with "did you mean" and the valid choices."""
+        suggestion = did_you_mean(name.text, choices)
+        self.sink.error(
+            f"unknown {what} `{name.text}`",
+            name.span,
+            help=(f"did you mean `{suggestion}`? " if suggestion else "") + f"{listing} {one_of(choices)}",
+        )
 
     def absent_part(self, name: s.Name, block: Block) -> None:
         why = self.arch.absent.get(name.text, f"a {block.kind} block has no such part")
@@ -328,7 +332,7 @@ class _Checker:
 
     def add_drop(self, seen: dict[Item, Span], located: Located) -> None:
         item = located.item
-        whole = Item(item.stack_order, item.stack, item.block)
+        whole = item.whole
         if item in seen:
             self.sink.warning(
                 f"{item.describe()} is dropped twice",
@@ -433,8 +437,7 @@ class _Checker:
 
     def preserving_dropped(self, located: Located, dropped: set[Item]) -> bool:
         item = located.item
-        whole = Item(item.stack_order, item.stack, item.block)
-        if whole in dropped:
+        if item.whole in dropped:
             self.sink.error(
                 f"{self.singular(item.stack)} {item.block} is both dropped and preserved",
                 located.span,
@@ -530,12 +533,7 @@ class _Checker:
         for option in options:
             key = option.key.text
             if key not in known:
-                suggestion = did_you_mean(key, known)
-                self.sink.error(
-                    f"unknown `{statement}` option `{key}`",
-                    option.key.span,
-                    help=(f"did you mean `{suggestion}`? " if suggestion else "") + f"options are {one_of(known)}",
-                )
+                self.unknown(f"`{statement}` option", option.key, known, "options are")
                 continue
             if key in spans:
                 self.sink.error(
@@ -592,12 +590,7 @@ class _Checker:
         statement = statements[0]
         scheme = statement.scheme.text
         if scheme not in SCHEMES:
-            suggestion = did_you_mean(scheme, SCHEMES)
-            self.sink.error(
-                f"unknown quantization scheme `{scheme}`",
-                statement.scheme.span,
-                help=(f"did you mean `{suggestion}`? " if suggestion else "") + f"schemes are {one_of(SCHEMES)}",
-            )
+            self.unknown("quantization scheme", statement.scheme, SCHEMES, "schemes are")
         dropped = set(drops)
         items, modules = [], []
         for entry in statement.exceptions:
@@ -607,8 +600,7 @@ class _Checker:
                 continue
             for located in self.resolve(entry) or ():
                 item = located.item
-                whole = Item(item.stack_order, item.stack, item.block)
-                if item in dropped or whole in dropped or self.covering_part(item) in dropped:
+                if item in dropped or item.whole in dropped or self.covering_part(item) in dropped:
                     self.sink.error(
                         f"the quantize exception names {item.describe()}, which this spec drops",
                         located.span,

@@ -52,10 +52,9 @@ def _bytes(tensors: Iterable[Tensor]) -> int:
     return sum(t.nbytes for t in tensors if not t.buffer)
 
 
-@dataclass(frozen=True)
-class Part:
-    word: str
-    modules: tuple[str, ...]
+class _Counted:
+    """Parameter and byte totals of a group of tensors (buffers excluded)."""
+
     tensors: tuple[Tensor, ...]
 
     @property
@@ -65,6 +64,13 @@ class Part:
     @property
     def nbytes(self) -> int:
         return _bytes(self.tensors)
+
+
+@dataclass(frozen=True)
+class Part(_Counted):
+    word: str
+    modules: tuple[str, ...]
+    tensors: tuple[Tensor, ...]
 
 
 @dataclass(frozen=True)
@@ -104,18 +110,10 @@ class Stack:
 
 
 @dataclass(frozen=True)
-class Outside:
+class Outside(_Counted):
     module: str
     position: str  # before / after the stacks
     tensors: tuple[Tensor, ...]
-
-    @property
-    def params(self) -> int:
-        return _params(self.tensors)
-
-    @property
-    def nbytes(self) -> int:
-        return _bytes(self.tensors)
 
 
 @dataclass(frozen=True)
