@@ -12,6 +12,8 @@ JSON:
     full_score: the unpruned model's score
     entries: [{stack, block, part (null: whole block), score, delta}], delta = full_score - score (ΔP)
     cosine: [{stack, block, value}]: a block's input-output cosine similarity (KOALA, ShortGPT)
+Added fields (schema v1 only grows): entries[].metrics and full_metrics, the metrics behind a
+measured score.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class Entry:
     part: str | None  # None: the whole block
     score: float
     delta: float  # ΔP = full_score - score; negative when removal helped
+    metrics: dict[str, float] = field(default_factory=dict)  # each metric behind the score, when measured
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,7 @@ class SensitivityTable:
     full_score: float
     entries: list[Entry]
     cosine: list[Cosine] = field(default_factory=list)
+    full_metrics: dict[str, float] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -129,6 +133,7 @@ def table_from_json(data: Any, where: str) -> SensitivityTable:
             full_score=float(data["full_score"]),
             entries=[Entry(**e) for e in data["entries"]],
             cosine=[Cosine(**c) for c in data.get("cosine", [])],
+            full_metrics=dict(data.get("full_metrics", {})),
         )
     except (KeyError, TypeError, ValueError) as error:
         raise SensitivityError(f"{where}: not a sensitivity table: {type(error).__name__}: {error}") from None
