@@ -21,7 +21,7 @@ from .errors import HpspecError
 
 def register(commands: argparse._SubParsersAction) -> None:
     fmt = commands.add_parser("fmt", help="rewrite specs in their one canonical form (comments kept)")
-    fmt.add_argument("files", nargs="+", metavar="FILE", help="spec files; `-` formats stdin to stdout")
+    fmt.add_argument("files", nargs="+", metavar="FILE", help="spec files or directories of them; `-`: stdin to stdout")
     fmt.add_argument("--check", action="store_true", help="write nothing; exit 1 if a file would change")
     fmt.add_argument("--diff", action="store_true", help="write nothing; print what would change as a unified diff")
     fmt.set_defaults(handler=cmd_fmt)
@@ -48,7 +48,18 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def cmd_fmt(args: argparse.Namespace) -> int:
-    return max((_fmt_one(path, args.check, args.diff) for path in args.files), default=0)
+    return max((_fmt_one(path, args.check, args.diff) for path in _spec_files(args.files)), default=0)
+
+
+def _spec_files(arguments: list[str]) -> list[str]:
+    """Files as given; a directory stands for the .hps files below it."""
+    files: list[str] = []
+    for argument in arguments:
+        if argument != "-" and Path(argument).is_dir():
+            files.extend(str(p) for p in sorted(Path(argument).rglob("*.hps")) if p.is_file())
+        else:
+            files.append(argument)
+    return files
 
 
 def _fmt_one(path: str, check: bool, show_diff: bool) -> int:
@@ -76,7 +87,7 @@ def _fmt_one(path: str, check: bool, show_diff: bool) -> int:
     if path == "-":
         sys.stdout.write(result.text)
     elif result.changed:
-        write_text_atomic(Path(path), result.text)
+        write_text_atomic(Path(path).resolve(), result.text)  # through a symlink, not over it
         sys.stderr.write(f"reformatted {path}\n")
     return 0
 

@@ -56,6 +56,19 @@ def test_rewrites_in_place_atomically(cli, tmp_path: Path) -> None:
     assert cli("fmt", spec) == type(result)(0, "", "")  # already canonical: silent, untouched
 
 
+def test_directories_and_symlinks(cli, tmp_path: Path) -> None:
+    (tmp_path / "specs" / "sub").mkdir(parents=True)
+    real = tmp_path / "specs" / "sub" / "a.hps"
+    real.write_text("target demo;preserve auto")
+    (tmp_path / "specs" / "notes.txt").write_text("not a spec;")
+    link = tmp_path / "link.hps"
+    link.symlink_to(real)
+    assert cli("fmt", "--check", tmp_path / "specs").err == f"would reformat {real}\n"
+    assert cli("fmt", link).code == 0
+    assert link.is_symlink() and real.read_text() == "target demo\npreserve auto\n"
+    assert (tmp_path / "specs" / "notes.txt").read_text() == "not a spec;"
+
+
 def test_check_and_diff_never_write(cli, tmp_path: Path) -> None:
     spec = tmp_path / "a.hps"
     spec.write_text("target demo\ndrop  blocks[1]")
