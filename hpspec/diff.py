@@ -368,10 +368,9 @@ def _rows(d: PlanDiff) -> list[list[str]]:
     rows.append(
         ["parameters", *(f"{n:,} ({_share(n, d.params_total)})" for n in (d.params.before, d.params.after)), _signed(d.params.delta)]
     )
-    rows.append(
-        [f"weight bytes ({d.dtype})", human_bytes(d.bytes.before), human_bytes(d.bytes.after),
-         ("+" if d.bytes.delta > 0 else "") + human_bytes(d.bytes.delta) if d.bytes.delta else "0"]
-    )  # fmt: skip
+    delta = d.bytes.delta
+    signed_bytes = ("+" if delta > 0 else "") + human_bytes(delta) if delta else "0"
+    rows.append([f"weight bytes ({d.dtype})", human_bytes(d.bytes.before), human_bytes(d.bytes.after), signed_bytes])
     if d.frozen_params.before or d.frozen_params.after:
         f = d.frozen_params
         rows.append(["frozen parameters", f"{f.before:,}", f"{f.after:,}", _signed(f.delta)])
@@ -398,18 +397,19 @@ def _sections(d: PlanDiff) -> list[tuple[str, list[str]]]:
 def _removal_lines(removals: Iterable[Removal], remainder: str) -> list[str]:
     """Plain whole blocks as one selector per stack (`blocks[25:29, 31]`), the rest one a line."""
     whole: dict[str, list[Removal]] = {}
-    lines = []
+    others = []
     for r in removals:
         if r.part is None and not r.parts:
             whole.setdefault(r.stack, []).append(r)
         else:
             extra = f"; {', '.join(r.parts)} {remainder}" if r.parts else ""
-            lines.append(f"`{r.selector}`: {r.params:,} parameters{extra}")
+            others.append(f"`{r.selector}`: {r.params:,} parameters{extra}")
+    lines = []
     for stack, blocks in whole.items():
         count = f" ({len(blocks)} blocks)" if len(blocks) > 1 else ""
         selector = _selector(stack, [r.block for r in blocks])
-        lines.insert(0, f"`{selector}`{count}: {sum(r.params for r in blocks):,} parameters")
-    return lines
+        lines.append(f"`{selector}`{count}: {sum(r.params for r in blocks):,} parameters")
+    return lines + others
 
 
 def _conversion(r: Removal, new: bool) -> str:
@@ -425,7 +425,7 @@ def _freeze_lines(changes: Iterable[FreezeChange]) -> list[str]:
         groups.setdefault((change.before, change.after), {}).setdefault(change.stack, []).append(change)
     lines = []
     for (before, after), by_stack in groups.items():
-        names = []
+        names: list[str] = []
         for stack, items in by_stack.items():
             if stack is None:
                 names.extend(f"`{c.module}`" for c in items)
