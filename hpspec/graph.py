@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -348,7 +348,8 @@ def resolve_target(value: str, base: Path | None = None, quoted: bool = False) -
     if not quoted and value in builtin_models():
         return graph_from_builtin(value)
     if not quoted and value == DEMO:
-        return graph_from_path(demo_directory(), name=DEMO)
+        # Named by the package, not by where it is installed, so plans are the same everywhere.
+        return replace(graph_from_path(demo_directory(), name=DEMO), source="hpspec:demo")
     path = Path(value)
     if not quoted and not path.exists() and "/" not in value:
         suggestion = did_you_mean(value, target_names())
