@@ -1,0 +1,51 @@
+"""`hpspec compile` and `hpspec prune`: the stages, from the command line.
+
+Neither imports torch: pruning a checkpoint copies bytes (hpspec.checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+MODEL_HELP = "a diffusers transformer directory, a pipeline root, a Hugging Face cache snapshot, or `demo`"
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    compile_ = commands.add_parser("compile", help="run every stage a spec declares on a checkpoint: OUT/pruned, ...")
+    compile_.add_argument("spec", metavar="SPEC")
+    compile_.add_argument("--model", required=True, metavar="DIR", help=MODEL_HELP)
+    compile_.add_argument("--out", required=True, metavar="OUT", help="each stage writes OUT/<stage directory>")
+    compile_.add_argument("--target", help="a built-in target or a model path; wins over the spec's `target`")
+    compile_.add_argument("--force", action="store_true", help="redo finished stages")
+    compile_.set_defaults(handler=cmd_compile)
+
+    prune = commands.add_parser("prune", help="the prune stage alone: a checkpoint into a pruned checkpoint")
+    prune.add_argument("plan", metavar="SPEC_OR_PLAN", help="a spec, or a plan written by `hpspec plan --format json`")
+    prune.add_argument("--model", required=True, metavar="DIR", help=MODEL_HELP)
+    prune.add_argument("--out", required=True, metavar="DIR", help="the pruned transformer directory to write")
+    prune.add_argument("--target", help="a built-in target or a model path; wins over the spec's `target`")
+    prune.add_argument("--force", action="store_true", help="replace an existing output")
+    prune.set_defaults(handler=cmd_prune)
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from .stages import compile_model, load_stage_plan, report, resolve_model
+
+    model = resolve_model(args.model)
+    plan, warnings = load_stage_plan(args.spec, model, args.target)
+    sys.stderr.write(warnings)
+    report(compile_model(plan, model, Path(args.out), force=args.force, options={"target": args.target}))
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from .stages import CompileResult, StageInput, load_stage_plan, report, resolve_model, run_stage, stage
+
+    model = resolve_model(args.model)
+    plan, warnings = load_stage_plan(args.plan, model, args.target)
+    sys.stderr.write(warnings)
+    result = run_stage(stage("prune"), StageInput(plan, model), Path(args.out), force=args.force)
+    report(CompileResult((result,), None))
+    return 0
