@@ -355,7 +355,8 @@ def _signed(n: int) -> str:
     return f"{n:+,}" if n else "0"
 
 
-def _rows(d: PlanDiff) -> list[list[str]]:
+def table_rows(d: PlanDiff) -> list[list[str]]:
+    """The short table: [what, before, after, change] rows, counts with thousands separators."""
     from .summary import human_bytes
 
     rows = []
@@ -381,8 +382,8 @@ def _share(n: int, total: int) -> str:
     return f"{100 * n / total:.1f}%" if total else "-"
 
 
-def _sections(d: PlanDiff) -> list[tuple[str, list[str]]]:
-    """The details, as (title, items); items mark code with backticks."""
+def detail_sections(d: PlanDiff) -> list[tuple[str, list[str]]]:
+    """The details, as (title, items), empty sections left out; items mark code with backticks."""
     sections = [
         ("Target", [f"{_value(d.target.before)} → {_value(d.target.after)}"] if d.target else []),
         ("Newly dropped", _removal_lines(d.dropped, "already gone")),
@@ -445,7 +446,8 @@ def _value(value: Any) -> str:
     return f"`{value}`"
 
 
-def _headline(d: PlanDiff) -> str:
+def headline(d: PlanDiff) -> str:
+    """One sentence: what moves, and the parameter change as a share of the model."""
     if d.empty:
         return "No semantic change: both compile to the same plan."
     moved = [f"target {_value(d.target.before)} → {_value(d.target.after)}"] if d.target else []
@@ -461,12 +463,12 @@ def _headline(d: PlanDiff) -> str:
 
 
 def _markdown(d: PlanDiff) -> str:
-    lines = [f"### hpspec diff: `{d.a}` → `{d.b}`", "", f"**{_headline(d)}**", ""]
+    lines = [f"### hpspec diff: `{d.a}` → `{d.b}`", "", f"**{headline(d)}**", ""]
     if d.empty:
         return "\n".join(lines)
     lines += ["| | before | after | change |", "|---|---:|---:|---:|"]
-    lines += [f"| {' | '.join(row)} |" for row in _rows(d)]
-    for title, items in _sections(d):
+    lines += [f"| {' | '.join(row)} |" for row in table_rows(d)]
+    for title, items in detail_sections(d):
         lines += ["", f"**{title}**", ""]
         lines += [f"- {item}" for item in items]
     return "\n".join(lines) + "\n"
@@ -475,11 +477,11 @@ def _markdown(d: PlanDiff) -> str:
 def _text(d: PlanDiff) -> str:
     from .summary import table
 
-    lines = [f"hpspec diff: {d.a} -> {d.b}", _headline(d)]
+    lines = [f"hpspec diff: {d.a} -> {d.b}", headline(d)]
     if d.empty:
         return "\n".join(lines) + "\n"
-    lines += ["", table(_rows(d), ["", "before", "after", "change"])]
-    for title, items in _sections(d):
+    lines += ["", table(table_rows(d), ["", "before", "after", "change"])]
+    for title, items in detail_sections(d):
         lines += ["", f"{title}:"]
         lines += ["  " + item.replace("`", "") for item in items]
     return "\n".join(lines) + "\n"
