@@ -11,10 +11,12 @@ from typing import Callable
 
 from . import cli_analysis
 from . import cli_review
+from . import cli_report
 from . import cli_stages
 
 REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [
     cli_analysis.register,
     cli_review.register,
+    cli_report.register,
     cli_stages.register,
 ]
