@@ -13,7 +13,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from . import __version__
 from .errors import HpspecError
@@ -21,9 +21,6 @@ from .plan import Op, Plan
 from .report_blockmap import Fates, StackLayout, block_map, heatmap, part_label, reason_text, stack_layouts
 from .sensitivity import SensitivityError, SensitivityTable
 from .summary import human_bytes, human_count
-
-if TYPE_CHECKING:
-    from .diff import PlanDiff
 
 
 class ReportError(HpspecError):
@@ -279,60 +276,25 @@ def _evidence(rows: Sequence[Mapping[str, Any]] | None) -> dict[str, Any] | None
 
 
 def _diff(old: Plan | None, new: Plan, labels: tuple[str, str]) -> dict[str, Any] | None:
+    """`hpspec diff`'s view of the change, its code spans marked for the templates."""
     if old is None:
         return None
-    from .diff import diff_plans
+    from .diff import detail_sections, diff_plans, headline, table_rows
 
     d = diff_plans(old, new, labels)
     return {
         "labels": list(labels),
-        "headline": _headline(d),
-        "rows": _diff_rows(d),
-        "sections": _diff_sections(d),
+        "headline": headline(d),
+        "rows": table_rows(d),
+        "sections": [{"title": title, "lines": [code_spans(line) for line in lines]} for title, lines in detail_sections(d)],
         "new": [(r.stack, r.block, r.part) for r in d.dropped],
         "restored": [(r.stack, r.block, r.part) for r in d.restored],
     }
 
 
-def _headline(d: "PlanDiff") -> str:
-    if d.empty:
-        return "No semantic change: both compile to the same plan."
-    delta = d.params.delta
-    share = f" ({delta / d.params_total:+.2%} of the model)" if d.params_total else ""
-    return f"{len(d.dropped)} newly dropped, {len(d.restored)} restored; parameters after pruning {delta:+,}{share}."
-
-
-def _diff_rows(d: "PlanDiff") -> list[list[str]]:
-    counts = [(f"{stack} dropped", c) for stack, c in d.blocks_dropped.items()]
-    counts += [("parts dropped", d.parts_dropped), ("parameters", d.params), ("frozen parameters", d.frozen_params)]
-    rows = [[what, f"{c.before:,}", f"{c.after:,}", f"{c.delta:+,}" if c.delta else "0"] for what, c in counts]
-    change = ("+" if d.bytes.delta > 0 else "") + human_bytes(d.bytes.delta) if d.bytes.delta else "0"
-    rows.append([f"weight bytes ({d.dtype})", human_bytes(d.bytes.before), human_bytes(d.bytes.after), change])
-    return rows
-
-
-def _diff_sections(d: "PlanDiff") -> list[dict[str, Any]]:
-    def removal(r: Any, rest: str) -> str:
-        return f"{r.selector}: {r.params:,} parameters" + (f" ({', '.join(r.parts)} {rest})" if r.parts else "")
-
-    sections = [
-        ("Target", [f"{_plain(d.target.before)} → {_plain(d.target.after)}"] if d.target else []),
-        ("Newly dropped", [removal(r, "already gone") for r in d.dropped]),
-        ("Restored", [removal(r, "still dropped") for r in d.restored]),
-        ("Last-block conversion", [f"{r.selector} becomes the last block: {r.params:,} parameters go" for r in d.converted]
-         + [f"{r.selector} no longer converted: {r.params:,} parameters stay" for r in d.unconverted]),
-        ("Freeze", [f"{c.module}: {c.before} → {c.after}" for c in d.freeze]),
-        ("Settings", [f"{c.what}: {_plain(c.before)} → {_plain(c.after)}" for c in d.settings]),
-    ]  # fmt: skip
-    return [{"title": t, "lines": lines} for t, lines in sections if lines]
-
-
-def _plain(value: Any) -> str:
-    if isinstance(value, Mapping):
-        return " ".join(f"{k}={v}" for k, v in value.items() if v is not None) or "on"
-    if isinstance(value, (list, tuple)):
-        return ", ".join(map(str, value)) or "nothing"
-    return "none" if value is None else str(value)
+def code_spans(text: str) -> list[dict[str, Any]]:
+    """`a `b` c` -> [{text: "a ", code: False}, {text: "b", code: True}, {text: " c", code: False}]."""
+    return [{"text": piece, "code": i % 2 == 1} for i, piece in enumerate(text.split("`")) if piece]
 
 
 # --------------------------------------------------------------------------------------------

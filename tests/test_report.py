@@ -170,8 +170,9 @@ def test_update_scales_show_in_trainable_cells(aggressive: Plan) -> None:
 def test_against_an_older_plan(cli, aggressive: Plan) -> None:
     page = build_page(ReportInputs(aggressive, against=plan_spec(MODERATE), labels=("moderate", "aggressive")))
     diff = page["diff"]
-    assert diff["headline"].startswith("15 newly dropped, 0 restored; parameters after pruning -674,456,832")
+    assert diff["headline"] == "15 parts newly dropped; parameters -674,456,832 (-8.37% of the model)."
     assert [s["title"] for s in diff["sections"]][:2] == ["Newly dropped", "Freeze"]
+    assert diff["sections"][0]["lines"][0] == [{"text": "block[13].context_mlp", "code": True}, {"text": ": 47,329,152 parameters", "code": False}]
     assert "new" in _states(_blocks(page)[13])["mlp"] and "new" not in _states(_blocks(page)[25])["norm"]
     restored = build_page(ReportInputs(plan_spec(MODERATE), against=aggressive))
     assert "restored" in _states(_blocks(restored)[13])["mlp"]
