@@ -24,6 +24,7 @@ class DistillOption:
     kind: str  # "choice", "int", "float", "path"
     default: object
     choices: tuple[str, ...] = ()
+    minimum: int = 1  # for "int"
 
 
 # The distill keys of language v1; defaults are the reference recipe's (METHOD §6).
@@ -38,7 +39,7 @@ DISTILL_OPTIONS: dict[str, DistillOption] = {
     "output": DistillOption("float", 1.0),
     "features": DistillOption("float", 1e-4),
     "task": DistillOption("float", 0.0),
-    "seed": DistillOption("int", 0),
+    "seed": DistillOption("int", 0, minimum=0),
 }
 QUANTIZE_OPTIONS: dict[str, DistillOption] = {
     "compute": DistillOption("choice", "bf16", COMPUTE_DTYPES),
@@ -565,9 +566,10 @@ class _Checker:
             return None
         if isinstance(value, s.Number):
             if spec.kind == "int":
-                if value.is_int and int(value.text) > 0:
+                if value.is_int and int(value.text) >= spec.minimum:
                     return int(value.text)
-                self.sink.error(f"`{key}` must be a positive integer", value.span)
+                wanted = "a positive integer" if spec.minimum == 1 else f"an integer of at least {spec.minimum}"
+                self.sink.error(f"`{key}` must be {wanted}", value.span)
                 return None
             number = float(value.text)
             if number < 0 or number != number or number in (float("inf"),):

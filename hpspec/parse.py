@@ -126,7 +126,8 @@ def _statement_chunks(source: str) -> Iterator[_Chunk]:
             i = end
             continue
         if ch == "\n" or ch == ";":
-            yield _Chunk(source[start:i], line, start_column, start, comments)
+            end = i - 1 if ch == "\n" and i > start and source[i - 1] == "\r" else i  # CRLF files
+            yield _Chunk(source[start:end], line, start_column, start, comments)
             comments = []
             if ch == "\n":
                 line, column = line + 1, 1

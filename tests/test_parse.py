@@ -82,3 +82,10 @@ def test_every_bad_statement_is_reported_and_the_rest_parse() -> None:
 def test_empty_and_comment_only_specs_parse() -> None:
     assert parse("").statements == ()
     assert parse("\n\n# nothing\n;;\n").statements == ()
+
+
+def test_crlf_line_endings_parse_like_lf() -> None:
+    crlf = parse("target demo\r\ndrop blocks[3]  # why\r\npreserve auto\r\n")
+    lf = parse("target demo\ndrop blocks[3]  # why\npreserve auto\n")
+    assert [type(s).__name__ for s in crlf.statements] == [type(s).__name__ for s in lf.statements]
+    assert [c.text for c in crlf.comments] == ["# why"]
