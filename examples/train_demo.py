@@ -2,6 +2,7 @@
 
     python examples/train_demo.py                 # about 8-10 minutes on 2 CPU cores
     python examples/train_demo.py --steps 200 --out /tmp/demo   # a quick look
+    python examples/train_demo.py --rescore       # re-score saved weights (after a sampler change)
 
 Writes, under the weights directory:
   transformer/config.json, transformer/diffusion_pytorch_model.safetensors  (diffusers, fp32)
@@ -45,6 +46,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=TransformerTraining.lr)
     parser.add_argument("--classifier-epochs", type=int, default=600)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--rescore",
+        action="store_true",
+        help="train nothing: score the weights in --out and update training.json's scores",
+    )
     return parser.parse_args()
 
 
@@ -54,14 +60,37 @@ def score_trained(generator: DemoGenerator, scorer: DemoScorer) -> dict[str, obj
     unseen = [p for d in range(10) for p in prompts_for(d, UNSEEN_TEMPLATES)]
     images = generator.generate(unseen, seed=0)
     return {
+        "sampler": {"steps": generator.steps, "guidance": generator.guidance},
         "default_prompts": shipped,
         "unseen_templates_prompt_accuracy": scorer.prompt_accuracy(images, unseen),
     }
 
 
+def rescore(out: Path) -> dict[str, object]:
+    """Scores the saved weights with the current sampler defaults; updates training.json."""
+    from safetensors.torch import load_file
+
+    from hpspec.demo.model import load_demo_transformer
+    from hpspec.demo.scorer import load_classifier
+
+    stats = load_file(str(out / "digit_feature_stats.safetensors"))
+    scorer = DemoScorer(
+        load_classifier(out / "digit_classifier.safetensors"), stats["mu"], stats["sigma"]
+    )
+    scores = score_trained(DemoGenerator(load_demo_transformer(out / "transformer")), scorer)
+    record_file = out / "training.json"
+    record = json.loads(record_file.read_text(encoding="utf-8")) if record_file.is_file() else {}
+    record["scores"] = scores
+    record_file.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    return scores
+
+
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
+    if args.rescore:
+        print(json.dumps(rescore(args.out), indent=2))
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
 

@@ -11,6 +11,8 @@ from typing import Sequence
 
 import pytest
 
+REPO = Path(__file__).resolve().parent.parent
+
 torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
@@ -30,7 +32,9 @@ from hpspec.evaluate import (  # noqa: E402
 
 def test_import_does_not_load_torch() -> None:
     code = "import sys, hpspec.evaluate; print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
+    )
     assert out.stdout.strip() == "False"
 
 

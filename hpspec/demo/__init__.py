@@ -6,7 +6,7 @@ on first use, since they pull in torch, diffusers and transformers.
 - ``transformer_dir()``: the shipped diffusers transformer directory.
 - ``load_demo_transformer(path=None)``: that (or another) directory as an SD3Transformer2DModel.
 - ``load_text_encoder()``: the MiniLM prompt encoder, cached per process.
-- ``DemoGenerator(transformer, encoder=None, steps=20, guidance=4.0, skip_layers=())``:
+- ``DemoGenerator(transformer, encoder=None, steps=10, guidance=1.5, skip_layers=())``:
   ``.generate(prompts, seed) -> (N, 1, 8, 8)`` images in [0, 1].
 - ``DemoScorer()``: ``.score(images, prompts) -> {"prompt_accuracy", "quality"}``, both in [0, 1].
 - ``default_prompts()``: the fixed evaluation prompt set (``PROMPTS_FILE``).

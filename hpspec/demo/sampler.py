@@ -15,8 +15,11 @@ from torch import nn
 from hpspec.demo.model import CHANNELS, IMAGE_SIZE, load_demo_transformer
 from hpspec.demo.text import TextEncoder, TextEncoding, load_text_encoder
 
-DEFAULT_STEPS = 20
-DEFAULT_GUIDANCE = 4.0
+# Measured on the shipped model over the default prompts x 4 seeds: accuracy is 1.0 from guidance
+# 1.5 up, and quality falls as guidance rises (0.98 at 1.5, 0.89 at 4.0: saturated strokes);
+# 10 Euler steps score as 20 do.
+DEFAULT_STEPS = 10
+DEFAULT_GUIDANCE = 1.5
 
 
 def velocity(
