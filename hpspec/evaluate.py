@@ -45,21 +45,34 @@ class Scorer(Protocol):
         ...
 
 
-def relative_drops(metrics: Mapping[str, float], reference: Mapping[str, float]) -> dict[str, float]:
-    """(ref - m) / ref for each metric the reference also has (and where ref is not zero)."""
+def metric_values(scores: Mapping[str, Any]) -> dict[str, float]:
+    """The metrics of a scorer's dict or of an ``evaluate`` result (whose ``metrics`` names them)."""
+    names = scores.get("metrics")
+    if isinstance(names, list):
+        return {name: float(scores[name]) for name in names}
+    return {k: float(v) for k, v in scores.items() if isinstance(v, (int, float))}
+
+
+def relative_drops(metrics: Mapping[str, Any], reference: Mapping[str, Any]) -> dict[str, float]:
+    """(ref - m) / ref for each metric the reference also has (and where ref is not zero).
+
+    Either side may be a scorer's dict or a whole ``evaluate`` result.
+    """
+    now, ref = metric_values(metrics), metric_values(reference)
     return {
-        name: (reference[name] - value) / reference[name]
-        for name, value in metrics.items()
-        if name in reference and reference[name] != 0
+        name: (ref[name] - value) / ref[name]
+        for name, value in now.items()
+        if name in ref and ref[name] != 0
     }
 
 
-def degradation(metrics: Mapping[str, float], reference: Mapping[str, float]) -> float:
+def degradation(metrics: Mapping[str, Any], reference: Mapping[str, Any]) -> float:
     """Mean relative drop against the reference (the paper's degradation; 0 = no loss)."""
     drops = relative_drops(metrics, reference)
     if not drops:
         raise ValueError(
-            f"no metric to compare: scored {sorted(metrics)}, reference has {sorted(reference)}"
+            f"no metric to compare: scored {sorted(metric_values(metrics))}, "
+            f"reference has {sorted(metric_values(reference))}"
         )
     return sum(drops.values()) / len(drops)
 
@@ -69,7 +82,7 @@ def evaluate(
     scorer: Scorer,
     prompts: Sequence[str],
     seeds: Sequence[int] = DEFAULT_SEEDS,
-    reference: Mapping[str, float] | None = None,
+    reference: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Generates every prompt once per seed, scores all images together.
 
@@ -312,7 +325,7 @@ def evaluate_demo(
     prompt_list = list(prompts) if prompts is not None else default_prompts()
     scorer = DemoScorer()
 
-    def run(path: Path, reference: Mapping[str, float] | None) -> dict[str, Any]:
+    def run(path: Path, reference: Mapping[str, Any] | None) -> dict[str, Any]:
         generator = DemoGenerator(load(path), **settings)  # type: ignore[arg-type]
         return evaluate(generator, scorer, prompt_list, seeds, reference)
 

@@ -244,3 +244,29 @@ def test_clip_scorer_scores_in_unit_interval(
     assert 0.0 <= gray <= 1.0
     with pytest.raises(ValueError, match="prompts"):
         scorer.score(images, prompts[:2])
+
+
+def test_evaluate_demo_reports_degradation_against_a_reference() -> None:
+    """The CLI's path: a demo-shaped directory against a reference directory."""
+    from hpspec.demo import default_prompts, load_demo_transformer, transformer_dir
+    from hpspec.evaluate import evaluate_demo
+
+    prompts = default_prompts()[::2]
+    same = evaluate_demo(reference_dir=transformer_dir(), prompts=prompts, seeds=(0,))
+    assert same["num_images"] == 20
+    assert same["reference"]["prompt_accuracy"] == same["prompt_accuracy"] >= 0.9
+    assert same["degradation"] == 0.0  # sampling is deterministic: same model, same images
+
+    def without_first_block(path: Path) -> torch.nn.Module:
+        model = load_demo_transformer(path)
+        del model.transformer_blocks[0]
+        return model
+
+    worse = evaluate_demo(
+        load_transformer=without_first_block, prompts=prompts, seeds=(0,), reference_dir=None
+    )
+    assert "degradation" not in worse
+    drop = degradation(worse, same)
+    print(f"\nfirst block removed: {worse['prompt_accuracy']:.3f} {worse['quality']:.3f}, "
+          f"degradation {drop:.3f}")
+    assert drop > 0.02
