@@ -20,6 +20,7 @@ import os
 import re
 import stat
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
@@ -36,8 +37,8 @@ from .graph import (
     read_config,
     tensors_from_config,
 )
-from .io import dumps_json, read_json_input
-from .plan import Op, Plan
+from .io import dumps_json, read_json_input, write_text_atomic
+from .plan import Plan
 from .safetensors_header import Header, TensorEntry, read_header
 
 WEIGHTS_NAME = "diffusion_pytorch_model"
@@ -45,6 +46,7 @@ CONFIG_NAME = "config.json"
 PLAN_NAME = "plan.json"
 SHA256_PLACEHOLDER = "0" * 64  # same length as a digest: the header is patched in place once known
 COPY_CHUNK = 1 << 30
+RACY_NS = 2_000_000_000  # a file changed this recently is hashed but its digest not remembered
 
 
 # --------------------------------------------------------------------------------------------
@@ -67,19 +69,23 @@ def renamed(plan: Plan, name: str) -> str | None:
 CONVERTED_MODULE = "norm1_context.linear"  # the one module the last-block conversion rewrites
 
 
+def dropped_part_modules(plan: Plan) -> list[str]:
+    """Module paths (original names) the plan's part drops remove."""
+    return [m for op in plan.ops if op.kind == "drop_part" for m in op.modules]
+
+
 def removed_modules(plan: Plan) -> list[str]:
     """Module paths (original names) whose tensors a plan removes inside kept blocks."""
-    paths = [m for op in plan.ops if op.kind == "drop_part" for m in op.modules]
-    paths += [m for op in plan.ops if op.kind == "convert_last_block" for m in op.modules if not _is_converted(op, m)]
-    return paths
+    return dropped_part_modules(plan) + [m for m in _conversion_modules(plan) if not m.endswith("." + CONVERTED_MODULE)]
 
 
 def converted_modules(plan: Plan) -> list[str]:
-    return [m for op in plan.ops if op.kind == "convert_last_block" for m in op.modules if _is_converted(op, m)]
+    """The modules the last-block conversion rewrites rather than removes."""
+    return [m for m in _conversion_modules(plan) if m.endswith("." + CONVERTED_MODULE)]
 
 
-def _is_converted(op: Op, module: str) -> bool:
-    return module.endswith("." + CONVERTED_MODULE)
+def _conversion_modules(plan: Plan) -> list[str]:
+    return [m for op in plan.ops if op.kind == "convert_last_block" for m in op.modules]
 
 
 def under(name: str, modules: Iterable[str]) -> bool:
@@ -473,7 +479,7 @@ class _HashThread(threading.Thread):
     def run(self) -> None:
         try:
             for path in self.paths:
-                self.digests[path.name] = sha256_file(path, self.stop)
+                self.digests[path.name] = source_sha256(path, self.stop)
         except BaseException as error:  # re-raised in the caller's thread
             self.error = error
 
@@ -483,6 +489,56 @@ class _HashThread(threading.Thread):
         if self.error is not None:
             raise self.error
         return self.digests
+
+
+def source_sha256(path: Path, stop: threading.Event | None = None) -> str:
+    """sha256 of a source shard; remembered per file state, because hashing is slower than copying.
+
+    The cache key is the file's identity and state (real path, device, inode, size, mtime and
+    ctime in ns): any write to the file changes it. A digest is stored only if the file did not
+    change while it was read, and not within the last RACY_NS: timestamps are coarser than a
+    nanosecond, so a second write in the same tick would otherwise go unnoticed (git's "racy"
+    entries). Without a usable cache directory every run hashes.
+    """
+    entry = _cache_entry(path)
+    if entry is not None:
+        try:
+            cached = entry.read_text(encoding="ascii").strip()
+            if re.fullmatch(r"[0-9a-f]{64}", cached):
+                return cached
+        except (OSError, UnicodeDecodeError):
+            pass
+    digest = sha256_file(path, stop)
+    unchanged = entry is not None and entry == _cache_entry(path)
+    if unchanged and not _recently_changed(path) and not (stop is not None and stop.is_set()):
+        try:
+            entry.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(entry, digest + "\n")
+        except OSError:
+            pass  # the cache only saves time
+    return digest
+
+
+def hash_cache_dir() -> Path | None:
+    """`$HPSPEC_CACHE_DIR` (empty: no cache), else `$XDG_CACHE_HOME/hpspec`, else `~/.cache/hpspec`."""
+    configured = os.environ.get("HPSPEC_CACHE_DIR")
+    if configured is not None:
+        return Path(configured) if configured else None
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hpspec"
+
+
+def _recently_changed(path: Path) -> bool:
+    info = os.stat(path)
+    return time.time_ns() - max(info.st_mtime_ns, info.st_ctime_ns) < RACY_NS
+
+
+def _cache_entry(path: Path) -> Path | None:
+    root = hash_cache_dir()
+    if root is None:
+        return None
+    info = os.stat(path)
+    state = f"{os.path.realpath(path)}\0{info.st_dev}\0{info.st_ino}\0{info.st_size}\0{info.st_mtime_ns}\0{info.st_ctime_ns}"
+    return root / "sha256" / hashlib.sha256(state.encode()).hexdigest()
 
 
 def sha256_file(path: Path, stop: threading.Event | None = None) -> str:

@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import CONFIG_NAME, PLAN_NAME, check_fingerprint, renamed
+from .checkpoint import CONFIG_NAME, PLAN_NAME, check_fingerprint, dropped_part_modules, renamed
 from .errors import CheckpointError, PlanError
-from .plan import FreezePlan, Op, Plan
+from .plan import FreezePlan, Plan
 
 NORM_EPS = 1e-6  # every adaptive norm in SD3 and FLUX blocks normalises with this epsilon
 
@@ -96,8 +96,6 @@ def _stand_in(name: str, module: nn.Module) -> nn.Module:
     layout = NORM_LAYOUTS.get(type(module).__name__)
     if layout is not None:  # the norm itself (its `.linear` is what the plan names)
         return ParameterFreeAdaNorm(layout)
-    if isinstance(module, ParameterFreeAdaNorm):
-        return module
     raise PlanError(f"the plan drops `{name}` ({type(module).__name__}), which hpspec has no stand-in for")
 
 
@@ -137,10 +135,12 @@ def apply(plan: Plan, model: nn.Module) -> nn.Module:
     from .graph import graph_from_module
 
     check_fingerprint(plan, graph_from_module(model), f"module:{type(model).__name__}")
-    for op in plan.ops:  # first, while the old block still holds the weights it converts
+    # The conversion first, while the block still holds the weights it keeps; then part drops
+    # (a dropped context_norm of the new last block takes the converted norm's form: LN(c) alone).
+    for op in plan.ops:
         if op.kind == "convert_last_block":
             _convert_to_context_pre_only(model.get_submodule(f"{plan.stacks[op.stack].module}.{op.block}"))
-    for path in part_paths(plan.ops):
+    for path in dropped_part_modules(plan):
         _replace_part(model, path)
     for stack in plan.stacks.values():
         if stack.dropped:
@@ -153,10 +153,6 @@ def apply(plan: Plan, model: nn.Module) -> nn.Module:
     return model
 
 
-def part_paths(ops: Iterable[Op]) -> list[str]:
-    return [m for op in ops if op.kind == "drop_part" for m in op.modules]
-
-
 def _convert_to_context_pre_only(block: nn.Module) -> None:
     """Make a joint block the last one: its text stream ends at the attention (METHOD §3).
 
@@ -167,20 +163,15 @@ def _convert_to_context_pre_only(block: nn.Module) -> None:
     """
     from diffusers.models.normalization import AdaLayerNormContinuous
 
-    old = block.norm1_context
-    if isinstance(old, ParameterFreeAdaNorm):  # context_norm dropped: LN(c) alone
-        block.norm1_context = ParameterFreeAdaNorm(NORM_LAYOUTS["AdaLayerNormContinuous"])
-    else:
-        weight, bias = old.linear.weight, old.linear.bias
-        dim = weight.shape[1]
-        new = AdaLayerNormContinuous(dim, dim, elementwise_affine=False, eps=NORM_EPS, bias=True, norm_type="layer_norm")
-        new = new.to(device=weight.device, dtype=weight.dtype)
-        with torch.no_grad():
-            new.linear.weight.copy_(torch.cat([weight[dim : 2 * dim], weight[:dim]]))
-            new.linear.bias.copy_(torch.cat([bias[dim : 2 * dim], bias[:dim]]))
-        block.norm1_context = new
-    if hasattr(block.attn, "to_add_out"):
-        block.attn.to_add_out = None
+    weight, bias = block.norm1_context.linear.weight, block.norm1_context.linear.bias
+    dim = weight.shape[1]
+    new = AdaLayerNormContinuous(dim, dim, elementwise_affine=False, eps=NORM_EPS, bias=True, norm_type="layer_norm")
+    new = new.to(device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        new.linear.weight.copy_(torch.cat([weight[dim : 2 * dim], weight[:dim]]))
+        new.linear.bias.copy_(torch.cat([bias[dim : 2 * dim], bias[:dim]]))
+    block.norm1_context = new  # a dropped context_norm then replaces it like any other norm
+    block.attn.to_add_out = None
     block.attn.context_pre_only = True
     block.ff_context = None
     block.norm2_context = None
@@ -228,7 +219,7 @@ def load_pretrained(path: str | Path, torch_dtype: torch.dtype | None = None) ->
     plan = load_plan_file(directory / PLAN_NAME)
     config = read_config(directory / CONFIG_NAME)
     model = _empty_model(config, directory)
-    for old in part_paths(plan.ops):
+    for old in dropped_part_modules(plan):
         new = renamed(plan, old)
         if new is not None:
             _replace_part(model, new)

@@ -19,12 +19,12 @@ from torch import nn  # noqa: E402
 from hpspec.errors import HpspecError, PlanError  # noqa: E402
 from hpspec.prune import apply  # noqa: E402
 
-from .tiny_models import build, forward, inputs, one_thread, plan_for, state, swap  # noqa: E402
+from .tiny_models import build, forward, inputs, isolated, plan_for, state, swap  # noqa: E402
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> object:
-    with one_thread():
+def _isolated(tmp_path_factory: pytest.TempPathFactory) -> object:
+    with isolated(tmp_path_factory.mktemp("cache")):
         yield
 
 # --------------------------------------------------------------------------------------------

@@ -26,14 +26,14 @@ from hpspec.prune import apply, load_pretrained  # noqa: E402
 from hpspec.safetensors_header import read_header  # noqa: E402
 
 from .conftest import CliResult  # noqa: E402
-from .tiny_models import build, forward, one_thread, plan_for, same_tensors, save, state  # noqa: E402
+from .tiny_models import build, forward, isolated, plan_for, same_tensors, save, state  # noqa: E402
 
 SHARD_BYTES = 300_000  # the tiny fp32 models are ~0.5-1 MB: several shards
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> object:
-    with one_thread():
+def _isolated(tmp_path_factory: pytest.TempPathFactory) -> object:
+    with isolated(tmp_path_factory.mktemp("cache")):
         yield
 
 
@@ -246,6 +246,26 @@ def test_pipeline_root_and_hugging_face_snapshot(cli: Callable[..., CliResult], 
         assert not any(p.is_symlink() for p in (out / "pruned").iterdir())
     assert outputs[0] == outputs[1] == outputs[2]
     assert all(p.is_symlink() for p in snapshot.iterdir())  # the cache is untouched
+
+
+def test_source_digests_are_remembered_per_file_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import hpspec.checkpoint as checkpoint
+
+    monkeypatch.setenv("HPSPEC_CACHE_DIR", str(tmp_path / "cache"))
+    shard = tmp_path / "a.safetensors"
+    shard.write_bytes(b"a" * 1000)
+    assert checkpoint.source_sha256(shard) == hashlib.sha256(b"a" * 1000).hexdigest()
+    assert not (checkpoint.hash_cache_dir() / "sha256").exists()  # just written: too recent to remember
+
+    monkeypatch.setattr(checkpoint, "RACY_NS", 0)
+    checkpoint.source_sha256(shard)
+    (entry,) = (checkpoint.hash_cache_dir() / "sha256").iterdir()
+    entry.write_text("f" * 64)  # proves the remembered digest is what is used while the file is unchanged
+    assert checkpoint.source_sha256(shard) == "f" * 64
+    shard.write_bytes(b"b" * 1000)  # same size, new content: a new state, hashed again
+    assert checkpoint.source_sha256(shard) == hashlib.sha256(b"b" * 1000).hexdigest()
+    monkeypatch.setenv("HPSPEC_CACHE_DIR", "")
+    assert checkpoint.hash_cache_dir() is None and checkpoint.source_sha256(shard) == hashlib.sha256(b"b" * 1000).hexdigest()
 
 
 # --------------------------------------------------------------------------------------------

@@ -18,14 +18,14 @@ import hpspec  # noqa: E402
 from hpspec.stages import STAGES  # noqa: E402
 
 from .conftest import REPO, CliResult  # noqa: E402
-from .tiny_models import build, forward, one_thread, plan_for, same_tensors, save, state  # noqa: E402
+from .tiny_models import build, forward, isolated, plan_for, same_tensors, save, state  # noqa: E402
 
 SPEC = "drop blocks[4], block[1].mlp\npreserve auto\n"
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> object:
-    with one_thread():
+def _isolated(tmp_path_factory: pytest.TempPathFactory) -> object:
+    with isolated(tmp_path_factory.mktemp("cache")):
         yield
 
 

@@ -13,6 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import pytest
 import torch
 from torch import nn
 
@@ -36,12 +37,15 @@ KINDS = ("sd3", "sd35m", "flux")
 
 
 @contextmanager
-def one_thread() -> Iterator[None]:
-    """Tiny forwards on one thread: on 2 shared cores OpenMP's spinning makes them 20x slower."""
+def isolated(cache_dir: Path) -> Iterator[None]:
+    """For a test module: hpspec's digest cache in `cache_dir`, and torch on one thread (tiny
+    forwards on 2 shared cores run 20x slower when OpenMP spins two threads)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        yield
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("HPSPEC_CACHE_DIR", str(cache_dir))
+            yield
     finally:
         torch.set_num_threads(threads)
 
