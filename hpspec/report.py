@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 from . import __version__
 from .errors import HpspecError
 from .plan import Op, Plan
-from .report_blockmap import Fates, StackLayout, block_map, heatmap, part_label, reason_text, stack_layouts
+from .report_blockmap import Fates, StackLayout, block_map, column_pitch, heatmap, part_label, reason_text, stack_layouts
 from .sensitivity import SensitivityError, SensitivityTable
 from .summary import human_bytes, human_count
 
@@ -171,7 +171,7 @@ def _sensitivity(table: SensitivityTable | None, plan: Plan, layouts: list[Stack
         )
     deltas = [e.delta for e in table.entries]
     scale, lowest = max([0.0, *deltas]), min([0.0, *deltas])
-    maps = [heatmap(table, layout, fates) for layout in layouts if any(e.stack == layout.name for e in table.entries)]
+    maps = [heatmap(table, layout, fates, column_pitch(layouts)) for layout in layouts if any(e.stack == layout.name for e in table.entries)]
     from .report_svg import heatmap_svg
 
     helped = sum(d < 0 for d in deltas)
@@ -265,10 +265,16 @@ def check_evidence(data: Any, where: str) -> list[dict[str, Any]]:
 
 
 def _evidence(rows: Sequence[Mapping[str, Any]] | None) -> dict[str, Any] | None:
+    """Rows as given; a column whose values are all numbers (or empty) is right-aligned."""
     if rows is None:
         return None
-    columns = list(dict.fromkeys(str(k) for row in rows for k in row))
-    return {"columns": columns, "rows": [[_number(row.get(c)) for c in columns] for row in rows]}
+    names = list(dict.fromkeys(str(k) for row in rows for k in row))
+    numeric = {c: all(row.get(c) is None or _is_number(row.get(c)) for row in rows) for c in names}
+    css = {c: "num" if numeric[c] else "" for c in names}
+    return {
+        "columns": [{"text": c, "css": css[c]} for c in names],
+        "rows": [[{"text": _number(row.get(c)), "css": css[c]} for c in names] for row in rows],
+    }
 
 
 # --------------------------------------------------------------------------------------------

@@ -183,6 +183,7 @@ class StackMap:
     title: str
     labels: list[str]
     columns: int
+    cell: int  # px width of a block's column (at most; narrow pages shrink it)
     blocks: list[BlockColumn]
     outline: list[str]  # the hierarchy in words: "frozen: 0–13", ...
 
@@ -213,8 +214,16 @@ def part_label(word: str) -> str:
     return word.replace("context_", "ctx ").replace("_", " ")
 
 
+def column_pitch(layouts: list[StackLayout]) -> int:
+    """px from one block's column to the next: 28 for SD3.5 Large's 38 blocks, wider for fewer
+    (44 at most), the same for every stack of a model so that depths compare."""
+    longest = max((len(layout.blocks) for layout in layouts), default=1)
+    return max(28, min(44, 1000 // max(longest, 1)))
+
+
 def block_map(plan: Plan, layouts: list[StackLayout], fates: Fates, note: str) -> dict[str, Any]:
-    stacks = [_stack_map(plan.stacks[layout.name], layout, fates) for layout in layouts]
+    pitch = column_pitch(layouts)
+    stacks = [_stack_map(plan.stacks[layout.name], layout, fates, pitch) for layout in layouts]
     used = sorted({c for s in stacks for b in s.blocks for cell in b.cells for c in cell.css.split()[1:]})
     legend = [{"css": f"cell {k}", "label": v} for k, v in STATE_LABELS.items() if k in used and k != "absent"]
     legend += [{"css": f"cell kept {k}", "label": v} for k, v in MODIFIER_LABELS.items() if k in used]
@@ -223,13 +232,14 @@ def block_map(plan: Plan, layouts: list[StackLayout], fates: Fates, note: str) -
     return {"stacks": stacks, "legend": legend, "note": note, "scales": bool(fates.scales)}
 
 
-def _stack_map(stack: StackPlan, layout: StackLayout, fates: Fates) -> StackMap:
+def _stack_map(stack: StackPlan, layout: StackLayout, fates: Fates, pitch: int) -> StackMap:
     blocks = [_block_column(stack, layout, fates, i) for i in range(stack.before)]
     return StackMap(
         name=layout.name,
         title=f"{layout.name}: {stack.before} → {stack.after} blocks",
         labels=[part_label(w) for w in layout.words],
         columns=stack.before,
+        cell=pitch - 2,
         blocks=blocks,
         outline=_outline(blocks, layout),
     )
@@ -338,7 +348,7 @@ def spans(indices: Iterable[int]) -> str:
     runs = [[v for _, v in run] for _, run in groupby(enumerate(values), key=lambda p: p[1] - p[0])]
     return ", ".join(f"{r[0]}" if len(r) == 1 else f"{r[0]}–{r[-1]}" for r in runs)
 
-def heatmap(table: SensitivityTable, layout: StackLayout, fates: Fates) -> "Heatmap":
+def heatmap(table: SensitivityTable, layout: StackLayout, fates: Fates, pitch: int) -> "Heatmap":
     from .report_svg import HeatCell, Heatmap
 
     entries = {(e.block, e.part): e for e in table.entries if e.stack == layout.name}
@@ -364,4 +374,5 @@ def heatmap(table: SensitivityTable, layout: StackLayout, fates: Fates) -> "Heat
         block_values=[b[0] if b else None for b in block],
         block_titles=[f"{layout.singular}[{i}]: ΔP {b[0]:+.4g} ({b[1]})" if b else "" for i, b in enumerate(block)],
         dropped_blocks=[(layout.name, i) in fates.dropped_blocks for i in range(count)],
+        pitch=pitch,
     )

@@ -18,8 +18,9 @@ HELP = ("#f5fbfa", "#c7eae5", "#5ab4ac", "#01665e")
 MISSING = "#eceff3"
 INK = "#1f2933"
 MUTED = "#6b7785"
-# The block map's geometry (26 px cells, 2 px gaps, 74 px of labels), so the two line up.
-CELL_W, CELL_H, LABEL_W = 28, 22, 74
+# The block map's geometry (rows of 20 px cells with 2 px gaps, 74 px of labels), so the two line
+# up; the column pitch comes with each heatmap, as the block map chooses it.
+CELL_H, LABEL_W = 22, 74
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class Heatmap:
     block_values: list[float | None]
     block_titles: list[str]
     dropped_blocks: list[bool]
+    pitch: int  # px from one block's column to the next
 
 
 def _num(x: float) -> str:
@@ -96,27 +98,27 @@ def _cross(x: float, y: float, w: float, h: float) -> str:
 
 def heatmap_svg(heat: Heatmap, scale: float) -> Markup:
     """Parts x blocks coloured by ΔP, dropped cells crossed, and a ΔP bar per block below."""
-    blocks = len(heat.dropped_blocks)
+    blocks, w = len(heat.dropped_blocks), heat.pitch
     top, bars_h = 4, 48
     grid_h = len(heat.row_labels) * CELL_H
-    width = LABEL_W + blocks * CELL_W + 4
+    width = LABEL_W + blocks * w + 4
     body = []
     for r, label in enumerate(heat.row_labels):
         body.append(_text(LABEL_W - 6, top + r * CELL_H + 14, label, "end", 11))
         for b, cell in enumerate(heat.cells[r]):
-            x, y = LABEL_W + b * CELL_W, top + r * CELL_H
-            body.append(_rect(x, y, CELL_W - 2, CELL_H - 2, colour(cell.value, scale), cell.title))
+            x, y = LABEL_W + b * w, top + r * CELL_H
+            body.append(_rect(x, y, w - 2, CELL_H - 2, colour(cell.value, scale), cell.title))
             if cell.dropped:
-                body.append(_cross(x, y, CELL_W - 2, CELL_H - 2))
+                body.append(_cross(x, y, w - 2, CELL_H - 2))
     for b, dropped in enumerate(heat.dropped_blocks):
         if dropped:
-            x = LABEL_W + b * CELL_W
-            body.append(f'<rect x="{_num(x - 1)}" y="{top - 1}" width="{CELL_W}" height="{grid_h}" fill="none" stroke="{INK}" stroke-width="1.5"/>')
+            x = LABEL_W + b * w
+            body.append(f'<rect x="{_num(x - 1)}" y="{top - 1}" width="{w}" height="{grid_h}" fill="none" stroke="{INK}" stroke-width="1.5"/>')
     base = top + grid_h + 6
     body.extend(_block_bars(heat, base, bars_h))
     axis = base + bars_h + 12
     for b in range(blocks):
-        body.append(_text(LABEL_W + b * CELL_W + CELL_W / 2 - 1, axis, str(b), "middle", 10, MUTED))
+        body.append(_text(LABEL_W + b * w + w / 2 - 1, axis, str(b), "middle", 10, MUTED))
     return _svg(width, axis + 4, body, f"sensitivity of {heat.stack}")
 
 
@@ -127,15 +129,16 @@ def _block_bars(heat: Heatmap, top: float, height: float) -> list[str]:
     negative = any(v < 0 for v in values)
     zero = top + (height * 0.75 if negative else height)
     up, down = zero - top, top + height - zero
+    w = heat.pitch
     body = [_text(LABEL_W - 6, top + 10, "ΔP per block", "end", 9, MUTED)]
     for b, value in enumerate(heat.block_values):
         if value is None:
             continue
-        x = LABEL_W + b * CELL_W + 4
+        x = LABEL_W + b * w + 4
         length = abs(value) / peak * (up if value >= 0 else down)
         y = zero - length if value >= 0 else zero
-        body.append(_rect(x, y, CELL_W - 10, max(length, 0.5), colour(value, peak), heat.block_titles[b]))
-    body.append(f'<line x1="{LABEL_W}" x2="{LABEL_W + len(heat.block_values) * CELL_W}" y1="{_num(zero)}" y2="{_num(zero)}" stroke="{MUTED}" stroke-width="0.8"/>')
+        body.append(_rect(x, y, w - 10, max(length, 0.5), colour(value, peak), heat.block_titles[b]))
+    body.append(f'<line x1="{LABEL_W}" x2="{LABEL_W + len(heat.block_values) * w}" y1="{_num(zero)}" y2="{_num(zero)}" stroke="{MUTED}" stroke-width="0.8"/>')
     return body
 
 

@@ -240,7 +240,7 @@ def test_evaluation_and_evidence(cli, tmp_path: Path) -> None:
     assert "<td class=\"num\">0.9</td><td class=\"num\">1</td><td class=\"num\">10.00%</td>" in html
     assert "12.50 ms (reference 20.00 ms)" in html and "5.00%" in html
     assert html.count('src="data:image/png;base64,') == 2 and "a &lt;b&gt;digit&lt;/b&gt; 3" in html
-    assert "<td>HPP</td><td>0.705</td><td>yes</td>" in html
+    assert '<td class="">HPP</td><td class="num">0.705</td><td class="">yes</td>' in html
 
 
 @pytest.mark.parametrize(

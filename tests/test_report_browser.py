@@ -4,12 +4,11 @@ Renders the demo's report (a spec on `target demo`, its evaluation with an image
 from disk, and checks: no console errors, no network requests, one block-map element per block of
 the target, hostile spec text shown as text, a screenshot taken. Under CI=true a missing browser is
 a failure; elsewhere the test skips and says what to install.
-
-HPSPEC_REPORT_SCREENSHOT=PATH also saves a screenshot of the page's top there (docs/report.md).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -35,11 +34,7 @@ FALLBACK_SPEC = REPO / "specs/sd3.5-large-turbo/aggressive.hps"
 
 def _browser_or_skip() -> tuple[str, str]:
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver")
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        driver = None
+    driver = shutil.which("chromedriver") if importlib.util.find_spec("selenium") else None
     if chromium and driver:
         return chromium, driver
     message = "needs Chromium, chromium-driver and selenium: apt-get install chromium chromium-driver; pip install selenium"
@@ -50,10 +45,10 @@ def _browser_or_skip() -> tuple[str, str]:
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    chromium, driver = _browser_or_skip()
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    chromium, driver = _browser_or_skip()
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
     for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path_factory.mktemp('profile')}", "--window-size=1280,1000"):
@@ -147,8 +142,3 @@ def test_demo_report_in_a_real_browser(browser: Any, tmp_path: Path) -> None:
 
     shot = tmp_path / "report.png"
     assert browser.save_screenshot(str(shot)) and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    keep = os.environ.get("HPSPEC_REPORT_SCREENSHOT")
-    if keep:
-        height = browser.execute_script("return document.getElementById('operations').offsetTop")
-        browser.set_window_size(1280, height)
-        browser.save_screenshot(keep)
