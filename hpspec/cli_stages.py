@@ -36,7 +36,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     model = resolve_model(args.model)
     plan, warnings = load_stage_plan(args.spec, model, args.target)
     sys.stderr.write(warnings)
-    report(compile_model(plan, model, Path(args.out), force=args.force, options={"target": args.target}))
+    result = compile_model(plan, model, Path(args.out), force=args.force, options={"target": args.target}, model_label=args.model)
+    report(result)
     return 0
 
 

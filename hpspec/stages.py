@@ -147,9 +147,18 @@ def load_stage_plan(spec_or_plan: str, model: Path, target: str | None = None) -
 
 
 def compile_model(
-    plan: Plan, model: Path, out: Path, force: bool = False, options: Mapping[str, Any] | None = None, progress: bool = True
+    plan: Plan,
+    model: Path,
+    out: Path,
+    force: bool = False,
+    options: Mapping[str, Any] | None = None,
+    progress: bool = True,
+    model_label: str | None = None,
 ) -> CompileResult:
-    """Run every declared stage that can run, in order, each into OUT/<its directory>."""
+    """Run every declared stage that can run, in order, each into OUT/<its directory>.
+
+    `model_label` is `--model` as the user wrote it (`demo`), for the command that continues.
+    """
     options = dict(options or {})
     out = Path(out)
     created = not out.exists()
@@ -159,7 +168,7 @@ def compile_model(
         for step in STAGES:
             if not step.declared(plan):
                 continue
-            stop = _cannot_run(step, source, _continue_command(plan, Path(model), out, options, step.requires), options)
+            stop = _cannot_run(step, source, _continue_command(plan, model_label or str(model), out, options, step.requires), options)
             if stop is not None:
                 return CompileResult(tuple(results), stop)
             results.append(run_stage(step, StageInput(plan, source, options, progress), out / step.directory, force))
@@ -184,7 +193,7 @@ def _cannot_run(step: Stage, source: Path, command: str, options: Mapping[str, A
     return None
 
 
-def _continue_command(plan: Plan, model: Path, out: Path, options: Mapping[str, Any], requires: tuple[str, ...]) -> str:
+def _continue_command(plan: Plan, model: str, out: Path, options: Mapping[str, Any], requires: tuple[str, ...]) -> str:
     """The same compile again: finished stages are not redone, so it picks up where this one stopped."""
     flags = "".join(f" --{name} {options[name]}" for name in ("target",) if options.get(name) is not None)
     flags += "".join(f" --{name} {options.get(name) or name.upper()}" for name in requires)
