@@ -205,6 +205,8 @@ def _covers(paths: Iterable[str], name: str) -> bool:
 def load_pretrained(path: str | Path, torch_dtype: torch.dtype | None = None) -> nn.Module:
     """A pruned transformer from a directory hpspec wrote (`OUT/pruned`), every parameter from its files.
 
+    `torch_dtype` casts floating-point weights as they are loaded (as in diffusers' `from_pretrained`).
+
     The pruned config.json makes diffusers build the kept blocks (renumbered, the new last block
     context-pre-only); the plan's part drops are then put in place as stand-ins, and the weights
     are loaded shard by shard: a tensor missing from the files, or one the model has no place for,
@@ -224,10 +226,9 @@ def load_pretrained(path: str | Path, torch_dtype: torch.dtype | None = None) ->
         if new is not None:
             _replace_part(model, new)
     _, shards = find_transformer(directory)
-    _load_weights(model, shards, directory)
+    _load_weights(model, shards, directory, torch_dtype)
     _finish(plan, model, str(directory))
-    model.eval()
-    return model.to(torch_dtype) if torch_dtype is not None else model
+    return model.eval()
 
 
 def _empty_model(config: dict[str, Any], directory: Path) -> nn.Module:
@@ -243,13 +244,15 @@ def _empty_model(config: dict[str, Any], directory: Path) -> nn.Module:
         return cls.from_config(config)
 
 
-def _load_weights(model: nn.Module, shards: Sequence[Path], directory: Path) -> None:
+def _load_weights(model: nn.Module, shards: Sequence[Path], directory: Path, dtype: torch.dtype | None) -> None:
     from safetensors.torch import load_file
 
     expected = set(model.state_dict())
     loaded: set[str] = set()
     for shard in shards:
         state = load_file(shard)
+        if dtype is not None:  # cast per shard, as diffusers' torch_dtype does: never two copies of the model
+            state = {name: t.to(dtype) if t.is_floating_point() else t for name, t in state.items()}
         unexpected = sorted(set(state) - expected)
         if unexpected:
             raise CheckpointError(f"{shard}: holds {unexpected[0]!r}, which the pruned model has no place for")

@@ -139,6 +139,8 @@ def test_load_pretrained_takes_every_parameter_from_the_files(
     loaded = load_pretrained(out / "pruned")
     assert set(loaded.state_dict()) == set(files)
     assert all(torch.equal(loaded.state_dict()[name], tensor) for name, tensor in files.items())
+    half = load_pretrained(out / "pruned", torch_dtype=torch.bfloat16)
+    assert all(torch.equal(half.state_dict()[name], tensor.to(torch.bfloat16)) for name, tensor in files.items())
 
     # A file that lacks one tensor is refused, not filled in with random weights.
     shutil.copytree(out / "pruned", tmp_path / "broken")
