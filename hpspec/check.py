@@ -46,7 +46,7 @@ QUANTIZE_OPTIONS: dict[str, DistillOption] = {
 }
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class Item:
     """One resolved thing a selector names: a whole block (part None) or one part of one block."""
 
@@ -54,6 +54,10 @@ class Item:
     stack: str
     block: int
     part: str | None = None
+
+    def sort_key(self) -> tuple[int, int, str]:
+        """Model order: stack, block, then the whole block before its parts."""
+        return self.stack_order, self.block, self.part or ""
 
     @property
     def whole(self) -> "Item":
@@ -392,7 +396,7 @@ class _Checker:
             items.difference_update(parts)
             items.add(whole)
             promoted.append(whole)
-        return tuple(sorted(items)), tuple(promoted)
+        return tuple(sorted(items, key=Item.sort_key)), tuple(promoted)
 
     def check_not_everything(self, drops: tuple[Item, ...]) -> None:
         whole = {(i.stack, i.block) for i in drops if i.part is None}
@@ -434,7 +438,7 @@ class _Checker:
                 auto_span,
                 help="PWP freezes everything before the first removed block or part",
             )
-        return PreserveSetting(auto_span is not None, tuple(sorted(set(items))), tuple(dict.fromkeys(modules)))
+        return PreserveSetting(auto_span is not None, tuple(sorted(set(items), key=Item.sort_key)), tuple(dict.fromkeys(modules)))
 
     def preserving_dropped(self, located: Located, dropped: set[Item]) -> bool:
         item = located.item
@@ -612,7 +616,7 @@ class _Checker:
                 items.append(item)
         options = self.options(statement.options, QUANTIZE_OPTIONS, "quantize")
         resolved = {key: options.get(key, option.default) for key, option in QUANTIZE_OPTIONS.items()}
-        return QuantizeSetting(scheme, tuple(sorted(set(items))), tuple(dict.fromkeys(modules)), resolved)
+        return QuantizeSetting(scheme, tuple(sorted(set(items), key=Item.sort_key)), tuple(dict.fromkeys(modules)), resolved)
 
 
 def removed_words(graph: ModelGraph, block: Block, words: Iterable[str]) -> list[str]:

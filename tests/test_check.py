@@ -93,3 +93,9 @@ def test_target_path_is_relative_to_the_spec(tmp_path: Path) -> None:
     spec = parse('target "../models/mine"\ndrop blocks[20]\n', str(spec_dir / "x.hps"))
     graph = load_target(spec)
     assert graph.name == "mine" and graph.fingerprint == graph_from_builtin("sd3.5-medium").fingerprint
+
+
+def test_preserving_a_block_and_a_part_of_another_together() -> None:
+    # Regression (found by the property test): whole-block and part items sort together.
+    result = checked("drop blocks[30]\npreserve block[3], block[3].mlp, block[1].attn, block[2]\nquantize nf4 except block[4], block[4].mlp")
+    assert [(i.block, i.part) for i in result.preserve.items] == [(1, "attn"), (2, None), (3, None), (3, "mlp")]
