@@ -12,6 +12,11 @@ from .errors import SpecError, UsageError
 
 def register(commands: argparse._SubParsersAction) -> None:
     analyze = commands.add_parser("analyze", help="measure (or import) what removing each block and part costs")
+    analyze.add_argument("--model", help="the model to measure: `demo` or a demo-shaped transformer directory")
+    analyze.add_argument("--parts", action="store_true", help="also remove each part of each block")
+    analyze.add_argument("--prompts", metavar="FILE", help="one prompt a line (default: the demo's fixed set)")
+    analyze.add_argument("--seeds", type=int, default=1, help="seeds per prompt (0, 1, ...)")
+    analyze.add_argument("--steps", type=int, help="sampling steps (default: the generator's)")
     analyze.add_argument("--import-reference", metavar="FILE", help="the reference code's released table (BLOCK<tab>PART: score)")
     analyze.add_argument("--full-score", type=float, help="the unpruned model's score (with --import-reference)")
     analyze.add_argument("--scorer", default="hpsv2", help="the metric the imported table measured")
@@ -31,6 +36,21 @@ def register(commands: argparse._SubParsersAction) -> None:
     suggest.add_argument("-o", "--output", help="the spec to write (default: stdout)")
     suggest.set_defaults(handler=cmd_suggest)
 
+    evaluate = commands.add_parser("eval", help="prompt accuracy, quality, degradation, size and latency of a model")
+    evaluate.add_argument("--model", required=True, help="`demo`, or a (pruned) demo-shaped transformer directory")
+    evaluate.add_argument("--reference", help="the unpruned model, for degradation")
+    evaluate.add_argument("--prompts", metavar="FILE")
+    evaluate.add_argument("--seeds", type=int, default=4)
+    evaluate.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    evaluate.add_argument("-o", "--output", help="also write the JSON here")
+    evaluate.set_defaults(handler=cmd_eval)
+
+    demo = commands.add_parser("demo", help="the whole method on the embedded demo model: analyze, suggest, compile, evaluate")
+    demo.add_argument("--out", default="hpspec-demo", help="where the tables, specs, plans and models go")
+    demo.add_argument("--keep", type=float, default=0.75, help="fraction of parameters every method keeps")
+    demo.add_argument("--force", action="store_true", help="re-measure and recompile")
+    demo.set_defaults(handler=cmd_demo)
+
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     from .graph import resolve_target
@@ -38,7 +58,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from .sensitivity import import_reference
 
     if args.import_reference is None:
-        raise UsageError("hpspec analyze: measuring needs the model (--model DIR); to import a released table pass --import-reference FILE")
+        return _measure(args)
     if args.full_score is None or args.target is None:
         raise UsageError("hpspec analyze --import-reference needs --full-score and --target")
     graph = resolve_target(args.target, Path("."))
@@ -124,3 +144,100 @@ def _command_line(args: argparse.Namespace) -> str:
         parts.append("--position-weight")
     return " ".join(parts)
 
+
+
+def _measure(args: argparse.Namespace) -> int:
+    from accelerate import PartialState
+
+    from .analyze import Settings, analyze, demo_subject
+
+    if args.model is None:
+        raise UsageError("hpspec analyze: give --model (demo or a directory), or --import-reference FILE")
+    subject, knobs = demo_subject(_demo_dir(args.model), steps=args.steps)
+    settings = Settings(_prompts(args.prompts), list(range(args.seeds)), args.parts, knobs)
+    state = PartialState()
+    table = analyze(subject, settings, Path(args.output), rank=state.process_index, world=state.num_processes,
+                    barrier=state.wait_for_everyone)  # fmt: skip
+    if table is not None:
+        sys.stderr.write(f"wrote {args.output}: {len(table.entries)} entries, full score {table.full_score:.4f}\n")
+    return 0
+
+
+def _demo_dir(model: str) -> Path | None:
+    """None for the shipped demo; a directory must be demo-shaped (other models need a pipeline)."""
+    from .evaluate import is_demo_transformer
+    from .graph import DEMO
+
+    if model == DEMO:
+        return None
+    path = Path(model)
+    if not is_demo_transformer(path):
+        raise UsageError(
+            f"{model}: not a demo-shaped transformer directory; measuring SD3/FLUX needs their pipeline and a "
+            "CLIP scorer (hpspec.evaluate.DiffusersPipelineGenerator, CLIPScorer) through the Python API"
+        )
+    return path
+
+
+def _prompts(path: str | None) -> list[str]:
+    from .demo import default_prompts, read_prompts
+
+    return read_prompts(path) if path else default_prompts()
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from .evaluate import evaluate_demo, format_result
+    from .prune import load_pretrained
+
+    model = _demo_dir(args.model)
+    reference = _demo_dir(args.reference) if args.reference else None
+    if args.reference == "demo":
+        from .demo import transformer_dir
+
+        reference = transformer_dir()
+    result = evaluate_demo(
+        model,
+        reference_dir=reference,
+        prompts=_prompts(args.prompts),
+        seeds=list(range(args.seeds)),
+        load_transformer=_loader(load_pretrained),
+    )
+    result["parameters"], result["weight_bytes"] = _size(model)
+    text = json.dumps(result, indent=2, sort_keys=True) + "\n"
+    if args.output:
+        from .io import write_text_atomic
+
+        write_text_atomic(Path(args.output), text)
+    sys.stdout.write(text if args.json else format_result(result) + f"\nparameters             {result['parameters']:,}\n")
+    return 0
+
+
+def _loader(load_pretrained):
+    """hpspec's loader for pruned stage directories (they carry plan.json), diffusers' otherwise."""
+
+    def load(path: Path):
+        from .demo.model import load_demo_transformer
+
+        return load_pretrained(path) if (path / "plan.json").is_file() else load_demo_transformer(path)
+
+    return load
+
+
+def _size(model: Path | None) -> tuple[int, int]:
+    from .demo import transformer_dir
+    from .graph import graph_from_path
+
+    graph = graph_from_path(model or transformer_dir())
+    return graph.params, graph.nbytes
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .tour import run_demo, table_text
+
+    out = Path(args.out)
+    rows = run_demo(out, keep=args.keep, say=lambda line: sys.stderr.write(line + "\n"), force=args.force)
+    sys.stdout.write(table_text(rows))
+    sys.stdout.write(f"\nspecs, plans, tables and models are in {out}/\n")
+    return 0

@@ -63,6 +63,8 @@ def write_text_atomic(path: Path, text: str) -> None:
             os.fsync(handle.fileno())
         if path.exists():
             shutil.copymode(path, tmp)
+        else:
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; a new file gets the usual mode
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -83,6 +85,7 @@ def atomic_directory(out: Path, force: bool = False) -> Iterator[Path]:
     if out.exists() and not force:
         raise HpspecError(f"{out}: already exists (use --force to replace it)")
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}{TMP_MARKER}", dir=out.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; the output gets what mkdir would give
     try:
         yield tmp
         _fsync_dir(tmp)
@@ -111,6 +114,12 @@ def sweep_stale_siblings(out: Path) -> list[Path]:
             stale.unlink(missing_ok=True)
         swept.append(stale)
     return swept
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(path: Path) -> None:

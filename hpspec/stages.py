@@ -217,7 +217,6 @@ def run_stage(step: Stage, given: StageInput, out: Path, force: bool = False) ->
     write = step.prepare(given)  # every check before anything is written
     started = time.monotonic()
     with atomic_directory(out, force=True) as tmp:
-        _usual_permissions(tmp)
         extras = write(tmp)
         provenance = {
             "stage": step.name,
@@ -230,13 +229,6 @@ def run_stage(step: Stage, given: StageInput, out: Path, force: bool = False) ->
         }
         (tmp / PROVENANCE_NAME).write_text(dumps_json(provenance), encoding="utf-8")
     return StageResult(step.name, out, "done", provenance)
-
-
-def _usual_permissions(directory: Path) -> None:
-    """mkdtemp makes the temporary directory 0700; the finished output gets what mkdir would give."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(directory, 0o777 & ~umask)
 
 
 def _refuse_overlap(source: Path, out: Path) -> None:
