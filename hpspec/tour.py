@@ -36,6 +36,7 @@ def run_demo(
     analysis_seeds: Sequence[int] = (0,),
     say: Callable[[str], None] = print,
     force: bool = False,
+    prompts: Sequence[str] | None = None,
 ) -> list[Row]:
     from .analyze import Settings, analyze, demo_subject
     from .demo import default_prompts
@@ -43,7 +44,7 @@ def run_demo(
 
     out.mkdir(parents=True, exist_ok=True)
     subject, knobs = demo_subject()
-    prompts = default_prompts()
+    prompts = list(prompts) if prompts is not None else default_prompts()
     table_path = out / "sensitivity.json"
     say(f"1/4 analyze: removing each of the demo's blocks and parts ({table_path})")
     settings = Settings(prompts=prompts, seeds=list(analysis_seeds), parts=True, generator=knobs)

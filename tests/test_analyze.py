@@ -1,0 +1,120 @@
+"""analyze, eval and demo on the shipped demo model: values checked against diffusers' own skip_layers."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from hpspec.analyze import Settings, analyze, demo_subject
+from hpspec.demo import default_prompts
+from hpspec.evaluate import evaluate
+from hpspec.sensitivity import load_table, settings_hash
+
+from .conftest import REPO
+
+PROMPTS = default_prompts()[::4]  # one prompt per digit
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a shared 2-core machine: oversubscribed threads spin
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def subject(one_thread):
+    return demo_subject()
+
+
+@pytest.fixture(scope="module")
+def block_table(subject, tmp_path_factory):
+    demo, knobs = subject
+    out = tmp_path_factory.mktemp("analyze") / "table.json"
+    return analyze(demo, Settings(PROMPTS, [0], False, knobs), out, progress=False), out
+
+
+def test_block_scores_equal_diffusers_skip_layers(subject, block_table) -> None:
+    demo, _ = subject
+    table, _ = block_table
+    assert [(e.block, e.part) for e in table.entries] == [(i, None) for i in range(12)]
+    generator = demo.generator_for(demo.transformer)
+    for block in (0, 5):
+        reference = evaluate(generator.with_skipped([block]), demo.scorer, PROMPTS, [0])
+        entry = table.entries[block]
+        assert entry.metrics == {m: reference[m] for m in reference["metrics"]}
+        assert entry.score == pytest.approx(sum(entry.metrics.values()) / 2)
+        assert entry.delta == pytest.approx(table.full_score - entry.score)
+    full = evaluate(generator, demo.scorer, PROMPTS, [0])
+    assert table.full_metrics == {m: full[m] for m in full["metrics"]}
+
+
+def test_cosines_are_recorded_per_block(block_table) -> None:
+    table, _ = block_table
+    assert [c.block for c in table.cosine] == list(range(12))
+    assert all(-1.0 <= c.value <= 1.0 for c in table.cosine)
+    assert len({round(c.value, 6) for c in table.cosine}) > 1  # blocks differ
+
+
+def test_finished_entries_are_not_redone(subject, tmp_path: Path) -> None:
+    demo, knobs = subject
+    settings = Settings(PROMPTS[:2], [0], False, knobs)
+    out = tmp_path / "t.json"
+    partial = tmp_path / ".t.json.partial.rank0.jsonl"
+    sentinel = {"prompt_accuracy": 0.123, "quality": 0.456}
+    record = {"settings_hash": settings_hash(settings.as_dict()), "key": "blocks[3]", "value": {"metrics": sentinel}}
+    partial.write_text(json.dumps(record) + "\n" + '{"torn": ')  # and a line torn by a kill
+    table = analyze(demo, settings, out, progress=False)
+    assert table is not None and table.entries[3].metrics == sentinel
+    assert table.entries[4].metrics != sentinel
+    assert not partial.exists() and load_table(out) == table
+
+
+def test_two_processes_give_the_same_table_as_one(block_table, tmp_path: Path) -> None:
+    table, _ = block_table
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n")
+    out = tmp_path / "two.json"
+    launcher = Path(sys.executable).parent / "accelerate"
+    command = [str(launcher), "launch", "--cpu", "--num_processes", "2", "--num_cpu_threads_per_process", "1",
+               "-m", "hpspec.cli", "analyze", "--model", "demo", "--prompts", str(prompts), "-o", str(out)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    two = load_table(out)
+    assert [(e.block, e.part) for e in two.entries] == [(e.block, e.part) for e in table.entries]
+    for a, b in zip(two.entries, table.entries):
+        assert a.metrics == pytest.approx(b.metrics, abs=1e-6)
+    assert two.full_score == pytest.approx(table.full_score, abs=1e-6)
+
+
+def test_eval_of_a_compiled_model_against_the_original(cli, tmp_path: Path, one_thread) -> None:
+    spec = tmp_path / "s.hps"
+    spec.write_text("target demo\ndrop blocks[9]\ndrop block[4].mlp\n")
+    assert cli("compile", spec, "--model", "demo", "--out", tmp_path / "out").code == 0
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n")
+    result = cli("eval", "--model", tmp_path / "out/pruned", "--reference", "demo", "--prompts", prompts, "--seeds", "1", "--json")
+    assert result.code == 0, result.err
+    data = json.loads(result.out)
+    plan = json.loads((tmp_path / "out/pruned/plan.json").read_text())
+    assert data["parameters"] == plan["params"]["after_prune"]
+    drops = [(data["reference"][m] - data[m]) / data["reference"][m] for m in data["metrics"]]
+    assert data["degradation"] == pytest.approx(sum(drops) / len(drops))
+
+
+def test_demo_runs_every_method_at_the_same_budget(tmp_path: Path, one_thread) -> None:
+    from hpspec.tour import run_demo, table_text
+
+    rows = run_demo(tmp_path, keep=0.8, seeds=(0,), prompts=PROMPTS, say=lambda _: None)
+    assert [r.method for r in rows] == ["original", "hierarchical", "koala", "bksdm"]
+    for row in rows[1:]:
+        assert row.params_kept < 0.8 and row.degradation is not None
+        assert (tmp_path / f"{row.method}.hps").is_file() and (tmp_path / row.method / "pruned" / "plan.json").is_file()
+    text = table_text(rows)
+    assert text.splitlines()[0].split() == ["method", "params", "kept", "weights", "prompt", "accuracy", "quality", "degradation"]
