@@ -19,6 +19,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     compile_.add_argument("--out", required=True, metavar="OUT", help="each stage writes OUT/<stage directory>")
     compile_.add_argument("--target", help="a built-in target or a model path; wins over the spec's `target`")
     compile_.add_argument("--force", action="store_true", help="redo finished stages")
+    compile_.add_argument("--no-report", dest="report", action="store_false", help="skip each stage's report.html")
     compile_.set_defaults(handler=cmd_compile)
 
     prune = commands.add_parser("prune", help="the prune stage alone: a checkpoint into a pruned checkpoint")
@@ -36,7 +37,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     model = resolve_model(args.model)
     plan, warnings = load_stage_plan(args.spec, model, args.target)
     sys.stderr.write(warnings)
-    result = compile_model(plan, model, Path(args.out), force=args.force, options={"target": args.target}, model_label=args.model)
+    options = {"target": args.target, "report": args.report}
+    result = compile_model(plan, model, Path(args.out), force=args.force, options=options, model_label=args.model)
     report(result)
     return 0
 

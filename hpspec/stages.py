@@ -29,6 +29,7 @@ from .plan import Plan
 
 PROVENANCE_NAME = "provenance.json"
 CARD_NAME = "README.md"
+REPORT_NAME = "report.html"
 
 Writer = Callable[[Path], dict[str, Any]]  # fills a temporary directory, returns provenance extras
 
@@ -228,7 +229,18 @@ def run_stage(step: Stage, given: StageInput, out: Path, force: bool = False) ->
             **extras,
         }
         (tmp / PROVENANCE_NAME).write_text(dumps_json(provenance), encoding="utf-8")
+        if given.options.get("report", True):
+            _write_report(tmp / REPORT_NAME, given)
     return StageResult(step.name, out, "done", provenance)
+
+
+def _write_report(path: Path, given: StageInput) -> None:
+    """Every stage carries the plan's report, with the sensitivity table when one was given."""
+    from .report import ReportInputs, write_report
+    from .sensitivity import load_table
+
+    table = given.options.get("sensitivity")
+    write_report(path, ReportInputs(given.plan, sensitivity=load_table(Path(table)) if table else None))
 
 
 def _refuse_overlap(source: Path, out: Path) -> None:

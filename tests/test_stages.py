@@ -170,3 +170,13 @@ def test_compile_imports_no_torch(tmp_path: Path, model: Path) -> None:
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "out" / "pruned" / "plan.json").is_file()
+
+
+def test_each_stage_carries_its_report(cli, tmp_path: Path) -> None:
+    spec = tmp_path / "s.hps"
+    spec.write_text("target demo\ndrop blocks[10]\n")
+    assert cli("compile", spec, "--model", "demo", "--out", tmp_path / "out").code == 0
+    page = (tmp_path / "out/pruned/report.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and "demo" in page and "blocks[10]" in page
+    assert cli("compile", spec, "--model", "demo", "--out", tmp_path / "bare", "--no-report").code == 0
+    assert not (tmp_path / "bare/pruned/report.html").exists()
