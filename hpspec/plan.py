@@ -126,6 +126,15 @@ class BytesPlan:
 
 
 @dataclass(frozen=True)
+class FlopsPlan:
+    image_tokens: int
+    text_tokens: int
+    before: int
+    after_prune: int
+    unit: str = "FLOPs of one forward at batch 1 (2 per multiply-add): matrices and attention, an estimate"
+
+
+@dataclass(frozen=True)
 class Plan:
     schema_version: int
     hpspec_version: str
@@ -139,6 +148,7 @@ class Plan:
     quantize: QuantizePlan | None
     params: ParamsPlan
     bytes: BytesPlan
+    flops: FlopsPlan | None = None  # added in schema v1 (fields only grow)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, indent=2, ensure_ascii=False) + "\n"
@@ -187,7 +197,33 @@ def compile_plan(checked: CheckedSpec) -> Plan:
             before=graph.nbytes,
             after_prune=graph.nbytes - sum(bytes_ for _, bytes_ in removed.values()),
         ),
+        flops=_flops(graph, ops),
     )
+
+
+def _flops(graph: ModelGraph, ops: list[Op]) -> FlopsPlan | None:
+    """The forward FLOPs before and after pruning, at the family's default resolution."""
+    from .flops import outside_flops, part_flops, tensor_flops, tokens_for
+
+    tokens = tokens_for(graph)
+    if tokens is None:
+        return None
+    per_part = {(b.stack, b.index, p.word): part_flops(graph, b, p, tokens) for b in graph.blocks for p in b.parts}
+    before = outside_flops(graph, tokens) + sum(per_part.values())
+    removed = 0
+    for op in ops:
+        block = _block_of(graph, op.stack, op.block)
+        if op.kind == "drop_block":
+            removed += sum(per_part[(op.stack, op.block, p.word)] for p in block.parts)
+        elif op.kind == "drop_part":
+            removed += per_part[(op.stack, op.block, op.part or "")]
+        else:  # the conversion's dead text outputs, and 4 of the 6 modulation chunks
+            for module in op.modules:
+                rest = module[len(block.module) + 1 :]
+                dead = tuple(t for p in block.parts for t in p.tensors if t.name.startswith(rest + "."))
+                share = 2 / 3 if rest == "norm1_context.linear" else 1
+                removed += round(tensor_flops(graph, block, dead, tokens) * share)
+    return FlopsPlan(tokens.image, tokens.text, before, before - removed)
 
 
 def _spec_info(checked: CheckedSpec) -> SpecInfo:

@@ -92,6 +92,12 @@ def plan_text(plan: Plan) -> str:
         )
     )
     lines.append("(weight bytes, decimal units; peak memory in a forward pass is a different measure)")
+    if plan.flops is not None:
+        f = plan.flops
+        lines.append(
+            f"forward FLOPs at {f.image_tokens} image + {f.text_tokens} text tokens: {f.before / 1e12:.3g} T -> "
+            f"{f.after_prune / 1e12:.3g} T ({100 * (1 - f.after_prune / f.before):.1f}% fewer; an estimate)"
+        )
     lines.append("")
     lines.append(f"freeze: {plan.freeze.rule}; {plan.freeze.frozen_params:,} frozen, {plan.freeze.trainable_params:,} trainable")
     if plan.distill is not None:

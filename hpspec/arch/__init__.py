@@ -67,6 +67,22 @@ class OutsideRule:
 
 
 @dataclass(frozen=True)
+class FlopsRule:
+    """Which tokens each module sees, for the plan's FLOP estimate (see the TOML's [flops])."""
+
+    image_tokens: str  # expression over the config
+    text_tokens: str
+    outside: Mapping[str, str]  # module prefix -> image | text | joint | cond
+    block: Mapping[str, str]
+    attention: Mapping[str, str]
+    single_block: Mapping[str, str]
+    single_attention: Mapping[str, str]
+
+
+TOKEN_CLASSES = ("image", "text", "joint", "cond")
+
+
+@dataclass(frozen=True)
 class Architecture:
     family: str
     class_names: tuple[str, ...]
@@ -79,6 +95,7 @@ class Architecture:
     parts: Mapping[str, PartRule]  # block parts (the double-stream / joint ones)
     single_parts: Mapping[str, PartRule]  # FLUX single-stream blocks
     foreign: Mapping[str, str]  # other tools' names -> the hpspec word
+    flops: FlopsRule
 
     @property
     def words(self) -> tuple[str, ...]:
@@ -92,6 +109,12 @@ class Architecture:
 
     def part_rules(self, kind: str) -> Mapping[str, PartRule]:
         return self.single_parts if kind == "flux_single" else self.parts
+
+
+@lru_cache(maxsize=1)
+def flops_tokens() -> Mapping[str, Mapping[str, int]]:
+    """Per-target token counts that differ from their family's (models.toml [flops_tokens])."""
+    return {name: dict(v) for name, v in _load_toml("models.toml").get("flops_tokens", {}).items()}
 
 
 @dataclass(frozen=True)
@@ -238,7 +261,22 @@ def _validate(family: str, data: dict[str, Any]) -> Architecture:
         parts=block_parts,
         single_parts=single_parts,
         foreign=foreign,
+        flops=_flops(_require(data, "flops", dict, where), where),
     )
+
+
+def _flops(table: dict[str, Any], where: str) -> FlopsRule:
+    here = f"{where} flops"
+    maps = {}
+    for key in ("outside", "block", "attention", "single_block", "single_attention"):
+        mapping = dict(table.get(key, {}))
+        for prefix, kind in mapping.items():
+            if kind not in TOKEN_CLASSES:
+                raise ArchitectureDataError(f"{here}.{key}.{prefix}: {kind!r} is not one of {', '.join(TOKEN_CLASSES)}")
+        maps[key] = mapping
+    for key in ("image_tokens", "text_tokens"):
+        compile_expression(_require(table, key, str, here), f"{here}.{key}")
+    return FlopsRule(image_tokens=table["image_tokens"], text_tokens=table["text_tokens"], **maps)
 
 
 def _require(table: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
