@@ -203,6 +203,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         prompts=_prompts(args.prompts),
         seeds=list(range(args.seeds)),
         load_transformer=_loader(load_pretrained),
+        progress=True,
     )
     result["parameters"], result["weight_bytes"] = _size(model)
     text = json.dumps(result, indent=2, sort_keys=True) + "\n"

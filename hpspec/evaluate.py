@@ -83,6 +83,7 @@ def evaluate(
     prompts: Sequence[str],
     seeds: Sequence[int] = DEFAULT_SEEDS,
     reference: Mapping[str, Any] | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Generates every prompt once per seed, scores all images together.
 
@@ -96,6 +97,10 @@ def evaluate(
     if not prompts or not seeds:
         raise ValueError("evaluate needs at least one prompt and one seed")
     batches, seconds = [], 0.0
+    if progress:
+        from tqdm import tqdm
+
+        seeds = tqdm(seeds, desc=f"generate {len(prompts)} prompts", unit="seed")
     for seed in seeds:
         start = time.perf_counter()
         batches.append(generator.generate(list(prompts), seed))
@@ -307,6 +312,7 @@ def evaluate_demo(
     steps: int | None = None,
     guidance: float | None = None,
     load_transformer: "Callable[[Path], nn.Module] | None" = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Evaluates a demo-shaped transformer directory (default: the shipped model) with the demo
     scorer; with ``reference_dir`` the reference is evaluated first and degradation is reported
@@ -327,7 +333,7 @@ def evaluate_demo(
 
     def run(path: Path, reference: Mapping[str, Any] | None) -> dict[str, Any]:
         generator = DemoGenerator(load(path), **settings)  # type: ignore[arg-type]
-        return evaluate(generator, scorer, prompt_list, seeds, reference)
+        return evaluate(generator, scorer, prompt_list, seeds, reference, progress)
 
     ref = run(Path(reference_dir), None) if reference_dir is not None else None
     result = run(Path(model_dir) if model_dir is not None else transformer_dir(), ref)
