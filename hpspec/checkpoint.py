@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
-from . import __version__
+from . import __version__, faults
 from .arch import architecture
 from .errors import CheckpointError, HpspecError, PlanError
 from .graph import (
@@ -338,8 +338,10 @@ def write_pruned(plan: Plan, source: Source, out: Path, progress: bool = True) -
 def _write(plan: Plan, source: Source, layout: list[list[OutTensor]], params: int, out: Path, progress: bool) -> Written:
     names = shard_names(len(layout))
     metadata = _provenance(plan, source, {p.name: SHA256_PLACEHOLDER for p in source.shards})
+    faults.point("prune.before_write", out)
     header_lengths = [_write_header(out / name, shard, metadata) for name, shard in zip(names, layout)]
     hashes = _copy_all(out, names, layout, sum(t.nbytes for shard in layout for t in shard), source.shards, progress)
+    faults.point("prune.before_metadata", out)
     final = _provenance(plan, source, hashes)
     for name, shard, length in zip(names, layout, header_lengths):
         _patch_header(out / name, shard, final, length)
@@ -428,6 +430,7 @@ def _copy_all(
                 destination.seek(0, os.SEEK_END)
                 for run in _runs(shard):
                     _copy_range(run, destination.fileno(), advance)
+            faults.point("prune.after_shard", out / name)
     except BaseException:
         hasher.stop.set()
         raise

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from . import faults
 from .errors import HpspecError
 
 TMP_MARKER = ".hpspec-tmp-"
@@ -89,14 +90,22 @@ def atomic_directory(out: Path, force: bool = False) -> Iterator[Path]:
     try:
         yield tmp
         _fsync_dir(tmp)
+        faults.point("stage.before_rename", out)
         if out.exists():
             aside = Path(tempfile.mkdtemp(prefix=f".{out.name}{TMP_MARKER}old-", dir=out.parent))
             os.replace(out, aside / "old")
+            faults.point("stage.after_set_aside", out)
             os.replace(tmp, out)
+            faults.point("stage.after_rename", out)
             shutil.rmtree(aside, ignore_errors=True)
         else:
             os.replace(tmp, out)
+            faults.point("stage.after_rename", out)
         _fsync_dir(out.parent)
+    except OSError as error:  # a full disk, a lost mount: said in one line, nothing left at `out`
+        shutil.rmtree(tmp, ignore_errors=True)
+        where = f" ({error.filename})" if error.filename else ""
+        raise HpspecError(f"{out}: cannot write: {error.strerror or error}{where}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from . import __version__
+from . import __version__, faults
 from .errors import HpspecError
 from .io import atomic_directory, dumps_json, read_json_input, sweep_stale_siblings
 from .plan import Plan
@@ -219,6 +219,7 @@ def run_stage(step: Stage, given: StageInput, out: Path, force: bool = False) ->
     started = time.monotonic()
     with atomic_directory(out, force=True) as tmp:
         extras = write(tmp)
+        faults.point("stage.before_provenance", tmp)
         provenance = {
             "stage": step.name,
             "stage_key": key,
