@@ -18,7 +18,6 @@ import json
 import math
 import os
 import re
-import stat
 import threading
 import time
 from dataclasses import dataclass
@@ -31,10 +30,12 @@ from .errors import CheckpointError, HpspecError, PlanError
 from .graph import (
     WEIGHTS_INDEX_SUFFIX,
     ModelGraph,
+    check_config_counts,
     family_of_config,
     find_transformer,
     graph_from_headers,
     read_config,
+    require_regular,
     tensors_from_config,
 )
 from .io import dumps_json, read_json_input, write_text_atomic
@@ -118,7 +119,7 @@ def open_source(path: Path) -> Source:
         raise CheckpointError(f"{path}: holds no .safetensors weights, only a config; there is nothing to prune")
     directory = shards[0].parent
     for shard in shards:
-        _require_regular(shard)
+        require_regular(shard)
     headers = tuple(read_header(shard) for shard in shards)
     for header in headers:
         refuse_foreign_layout(header)
@@ -126,26 +127,17 @@ def open_source(path: Path) -> Source:
         raise CheckpointError(
             f"{directory}: no config.json beside the weights; hpspec needs the diffusers config to write a loadable model"
         )
-    _require_regular(config_path)
+    require_regular(config_path)
     _check_index(directory, headers)
     config = read_config(config_path)
     graph = graph_from_headers(headers, _model_name(directory), f"safetensors:{directory}", config)
+    check_config_counts(graph, config, config_path)  # a lying layer count, said as such
     _check_config_matches_weights(config, config_path, headers)
     return Source(directory, config_path, config, headers, graph)
 
 
 def _model_name(directory: Path) -> str:
     return directory.parent.name if directory.name == "transformer" else directory.name
-
-
-def _require_regular(path: Path) -> None:
-    """Follow symlinks (a Hugging Face snapshot links to blobs), but only to regular files."""
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: missing (a broken symlink?)") from None
-    if not stat.S_ISREG(mode):
-        raise CheckpointError(f"{path}: not a regular file")
 
 
 # Key prefixes of single-file layouts hpspec does not read (yet): (prefix, layout, diffusers loader).
@@ -197,6 +189,24 @@ def _check_index(directory: Path, headers: Sequence[Header]) -> None:
     unnamed = next((n for n in owner if n not in weight_map), None)
     if unnamed is not None:
         raise CheckpointError(f"{owner[unnamed]}: holds tensor {unnamed!r}, which {index.name} does not name")
+    _refuse_unindexed_shard(index, set(weight_map.values()))
+
+
+_SHARD_NAME = re.compile(r"(?P<stem>.+)-\d{5}-of-(?P<count>\d{5})\.safetensors")
+
+
+def _refuse_unindexed_shard(index: Path, named: set[str]) -> None:
+    """A shard of the index's own series (`X-00002-of-00002`) on disk but not named by it: an
+    incomplete index, which would otherwise read as a config that implies missing tensors."""
+    for shard in sorted(named):
+        match = _SHARD_NAME.fullmatch(shard)
+        if match is None:
+            continue
+        count = int(match["count"])
+        for number in range(1, count + 1):
+            sibling = f"{match['stem']}-{number:05d}-of-{match['count']}.safetensors"
+            if sibling not in named and os.path.lexists(index.parent / sibling):
+                raise CheckpointError(f"{index}: does not name {sibling}, shard {number} of {count} beside it (an incomplete index)")
 
 
 def _check_config_matches_weights(config: Mapping[str, Any], config_path: Path, headers: Sequence[Header]) -> None:

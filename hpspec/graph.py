@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -370,26 +372,44 @@ def find_transformer(path: Path) -> tuple[Path | None, list[Path]]:
         raise TargetError(f"{path}: no such file or directory")
     if path.is_file():
         if path.name.endswith(WEIGHTS_INDEX_SUFFIX):
-            shards = _index_shards(path)
-            config = path.parent / CONFIG_NAME
-            return (config if config.is_file() else None), shards
+            return _config_in(path.parent), _index_shards(path)
         _refuse_unsupported_file(path)
-        config = path.parent / CONFIG_NAME
-        return (config if config.is_file() else None), [path]
+        return _config_in(path.parent), [path]
+    if not path.is_dir():  # a FIFO, a device: listing or reading it would fail or never end
+        raise TargetError(f"{path}: not a regular file or a directory")
     if (path / "transformer").is_dir() and not (path / CONFIG_NAME).is_file():
         return find_transformer(path / "transformer")
-    config = path / CONFIG_NAME
+    config = _config_in(path)
     indexes = sorted(path.glob(f"*{WEIGHTS_INDEX_SUFFIX}"))
     if indexes:
-        return (config if config.is_file() else None), _index_shards(indexes[0])
+        return config, _index_shards(indexes[0])
     weights = sorted(path.glob("*.safetensors"))
     if not weights:
         pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
         if pickles:
             raise CheckpointError(f"{path / pickles[0]}: pickle checkpoints are refused (they can run code); convert it to safetensors")
-    if not config.is_file() and not weights:
+    if config is None and not weights:
         raise TargetError(f"{path}: holds no config.json and no .safetensors files (not a diffusers transformer or pipeline)")
-    return (config if config.is_file() else None), weights
+    return config, weights
+
+
+def _config_in(directory: Path) -> Path | None:
+    """config.json if there is anything by that name: one that is not a regular file is refused when read."""
+    config = directory / CONFIG_NAME
+    return config if os.path.lexists(config) else None
+
+
+def require_regular(path: Path) -> None:
+    """Follow symlinks (a Hugging Face snapshot links to blobs), but only to regular files: a FIFO
+    would block the read, a device never end."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing (a broken symlink?)") from None
+    except OSError as error:
+        raise CheckpointError(f"{path}: cannot read: {error.strerror or error}") from None
+    if not stat.S_ISREG(mode):
+        raise CheckpointError(f"{path}: not a regular file")
 
 
 def _refuse_unsupported_file(path: Path) -> None:
@@ -402,6 +422,7 @@ def _refuse_unsupported_file(path: Path) -> None:
 def _index_shards(index: Path) -> list[Path]:
     from .io import read_json_input
 
+    require_regular(index)
     data = read_json_input(index, "safetensors index")
     weight_map = data.get("weight_map") if isinstance(data, dict) else None
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
@@ -411,8 +432,9 @@ def _index_shards(index: Path) -> list[Path]:
         shard_path = index.parent / shard
         if Path(shard).is_absolute() or ".." in Path(shard).parts:
             raise CheckpointError(f"{index}: shard {shard!r} lies outside the checkpoint directory")
-        if not shard_path.is_file():
+        if not os.path.lexists(shard_path):
             raise CheckpointError(f"{index}: names shard {shard!r}, which is missing")
+        require_regular(shard_path)
         shards.append(shard_path)
     return shards
 
@@ -420,6 +442,7 @@ def _index_shards(index: Path) -> list[Path]:
 def read_config(path: Path) -> dict[str, Any]:
     from .io import read_json_input
 
+    require_regular(path)
     config = read_json_input(path, "config.json")
     if not isinstance(config, dict):
         raise TargetError(f"{path}: config.json is not a JSON object")
@@ -435,14 +458,14 @@ def graph_from_path(path: Path, name: str | None = None) -> ModelGraph:
         headers = [read_header(w) for w in weights]
         graph = graph_from_headers(headers, label, f"safetensors:{path}", config)
         if config is not None:
-            _check_config_matches(graph, config, config_path)
+            check_config_counts(graph, config, config_path)
         return graph
     assert config is not None and config_path is not None
     dtype = TORCH_DTYPES.get(str(config.get("torch_dtype", "bfloat16")), "BF16")
     return graph_from_config(config, label, f"config:{config_path}", dtype)
 
 
-def _check_config_matches(graph: ModelGraph, config: Mapping[str, Any], config_path: Path) -> None:
+def check_config_counts(graph: ModelGraph, config: Mapping[str, Any], config_path: Path) -> None:
     for stack in graph.stacks:
         declared = config.get(stack.count_key)
         if declared is not None and declared != len(stack):

@@ -97,6 +97,9 @@ def _validate(path: Path, header: dict, data_start: int, size: int) -> Header:
         if begin < cursor:
             raise CheckpointError(f"{path}: tensor {name!r} overlaps the tensor before it (offset {begin - data_start})")
         if begin > cursor:
+            if end > size:  # not a truncation: the offsets point beyond the file
+                offsets = [begin - data_start, end - data_start]
+                raise CheckpointError(f"{path}: tensor {name!r} has data_offsets {offsets} past the end of the file ({size - data_start} bytes of data)")
             raise CheckpointError(f"{path}: {begin - cursor} unaccounted bytes before tensor {name!r}")
         cursor = end
     if cursor > size:
