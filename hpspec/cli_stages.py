@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 MODEL_HELP = "a diffusers transformer directory, a pipeline root, a Hugging Face cache snapshot, or `demo`"
+VERIFY_HELP = "first scan every weight of the input for NaN and infinity (reads all of it, in bounded memory)"
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -20,6 +21,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     compile_.add_argument("--target", help="a built-in target or a model path; wins over the spec's `target`")
     compile_.add_argument("--force", action="store_true", help="redo finished stages")
     compile_.add_argument("--no-report", dest="report", action="store_false", help="skip each stage's report.html")
+    compile_.add_argument("--verify", action="store_true", help=VERIFY_HELP)
     compile_.set_defaults(handler=cmd_compile)
 
     prune = commands.add_parser("prune", help="the prune stage alone: a checkpoint into a pruned checkpoint")
@@ -28,6 +30,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     prune.add_argument("--out", required=True, metavar="DIR", help="the pruned transformer directory to write")
     prune.add_argument("--target", help="a built-in target or a model path; wins over the spec's `target`")
     prune.add_argument("--force", action="store_true", help="replace an existing output")
+    prune.add_argument("--verify", action="store_true", help=VERIFY_HELP)
     prune.set_defaults(handler=cmd_prune)
 
 
@@ -37,7 +40,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     model = resolve_model(args.model)
     plan, warnings = load_stage_plan(args.spec, model, args.target)
     sys.stderr.write(warnings)
-    options = {"target": args.target, "report": args.report}
+    options = {"target": args.target, "report": args.report, "verify": args.verify}
     result = compile_model(plan, model, Path(args.out), force=args.force, options=options, model_label=args.model)
     report(result)
     return 0
@@ -49,6 +52,6 @@ def cmd_prune(args: argparse.Namespace) -> int:
     model = resolve_model(args.model)
     plan, warnings = load_stage_plan(args.plan, model, args.target)
     sys.stderr.write(warnings)
-    result = run_stage(stage("prune"), StageInput(plan, model), Path(args.out), force=args.force)
+    result = run_stage(stage("prune"), StageInput(plan, model, {"verify": args.verify}), Path(args.out), force=args.force)
     report(CompileResult((result,), None))
     return 0

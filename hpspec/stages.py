@@ -75,6 +75,10 @@ def _prepare_prune(given: StageInput) -> Writer:
     from .checkpoint import check_fingerprint, open_source, pruned_layout, write_pruned
 
     source = open_source(given.source)
+    if given.options.get("verify"):  # opt in: reads every byte, where pruning copies in the kernel
+        from .verify import verify_finite
+
+        verify_finite(source.headers)
     check_fingerprint(given.plan, source.graph, str(source.directory))
     pruned_layout(given.plan, source)  # raises on a tensor the plan cannot rewrite
 
