@@ -23,6 +23,7 @@ from .errors import DiagnosticSink, Span, SpecError, did_you_mean, one_of
 STATEMENTS = ("target", "drop", "preserve", "distill", "quantize")
 
 _GRAMMAR_FILE = "hpspec.lark"
+MAX_NUMBER_CHARS = 100  # Python refuses to convert integers past 4300 digits; no real index or count is near 100
 _UNESCAPE = re.compile(r"\\(.)")
 
 # How the grammar's terminals read in an error message.
@@ -169,9 +170,24 @@ def _parse_chunk(chunk: _Chunk, sink: DiagnosticSink) -> s.Statement | None:
     except UnexpectedInput as error:
         _report_syntax_error(error, chunk, sink)
         return None
+    if _refuse_long_number(tree, chunk, sink):
+        return None
     builder = _Builder(chunk)
     statements = [builder.statement(child) for child in tree.children if isinstance(child, Tree)]
     return statements[0] if statements else None
+
+
+def _refuse_long_number(tree: Tree, chunk: _Chunk, sink: DiagnosticSink) -> bool:
+    numbers = tree.scan_values(lambda v: isinstance(v, Token) and v.type in ("INT", "NUMBER") and len(v) > MAX_NUMBER_CHARS)
+    token = next(iter(numbers), None)
+    if token is None:
+        return False
+    sink.error(
+        f"a number of {len(token)} characters",
+        _chunk_span(chunk, token.column, token.end_column),
+        help=f"numbers are at most {MAX_NUMBER_CHARS} characters long",
+    )
+    return True
 
 
 def _report_syntax_error(error: UnexpectedInput, chunk: _Chunk, sink: DiagnosticSink) -> None:
