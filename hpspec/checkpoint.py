@@ -38,7 +38,7 @@ from .graph import (
     require_regular,
     tensors_from_config,
 )
-from .io import dumps_json, read_json_input, write_text_atomic
+from .io import cache_dir, dumps_json, read_json_input, write_text_atomic
 from .plan import Plan
 from .safetensors_header import Header, TensorEntry, read_header
 
@@ -533,11 +533,8 @@ def source_sha256(path: Path, stop: threading.Event | None = None) -> str:
 
 
 def hash_cache_dir() -> Path | None:
-    """`$HPSPEC_CACHE_DIR` (empty: no cache), else `$XDG_CACHE_HOME/hpspec`, else `~/.cache/hpspec`."""
-    configured = os.environ.get("HPSPEC_CACHE_DIR")
-    if configured is not None:
-        return Path(configured) if configured else None
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hpspec"
+    """hpspec's per-user cache (hpspec.io.cache_dir): digests go in its sha256/."""
+    return cache_dir()
 
 
 def _recently_changed(path: Path) -> bool:

@@ -48,6 +48,14 @@ def read_json_input(path: Path, what: str = "JSON file", limit: int = 64 << 20) 
         raise HpspecError(f"{path}:{error.lineno}:{error.colno}: {what} is not valid JSON: {error.msg}") from None
 
 
+def cache_dir() -> Path | None:
+    """hpspec's per-user cache: `$HPSPEC_CACHE_DIR` (empty: none), else `$XDG_CACHE_HOME/hpspec`, else `~/.cache/hpspec`."""
+    configured = os.environ.get("HPSPEC_CACHE_DIR")
+    if configured is not None:
+        return Path(configured) if configured else None
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hpspec"
+
+
 def dumps_json(data: Any) -> str:
     """The one JSON form hpspec writes: sorted keys, two-space indent, trailing newline."""
     return json.dumps(data, sort_keys=True, indent=2, ensure_ascii=False) + "\n"

@@ -9,6 +9,7 @@ the checker can report everything in a single pass.
 from __future__ import annotations
 
 import re
+import sys
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -65,9 +66,25 @@ def grammar_text() -> str:
 
 @lru_cache(maxsize=1)
 def _parser() -> Lark:
-    # cache=True stores the analysed LALR tables in the temp dir, keyed by the grammar's hash:
-    # a cold `hpspec check` process then skips grammar analysis.
-    return Lark(grammar_text(), parser="lalr", propagate_positions=True, maybe_placeholders=True, cache=True)
+    # The analysed LALR tables are cached, so a cold `hpspec check` process skips grammar analysis.
+    return Lark(grammar_text(), parser="lalr", propagate_positions=True, maybe_placeholders=True, cache=_grammar_cache())
+
+
+def _grammar_cache() -> str | bool:
+    """Where lark keeps its tables: in hpspec's per-user cache, never lark's default, the shared temp
+    directory, where anyone could plant a pickle under the predictable name lark loads (and runs)."""
+    import lark
+
+    from .io import cache_dir
+
+    root = cache_dir()
+    if root is None:
+        return False
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return str(root / f"grammar-lark{lark.__version__}-py{sys.version_info[0]}{sys.version_info[1]}.pickle")
 
 
 def parse(source: str, path: str = "<spec>", recover: bool = False) -> s.Spec:
