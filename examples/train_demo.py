@@ -1,7 +1,7 @@
 """Trains hpspec's embedded demo and writes it into the package (or --out).
 
     python examples/train_demo.py                 # about 8-10 minutes on 2 CPU cores
-    python examples/train_demo.py --steps 200 --out /tmp/demo   # a quick look
+    python examples/train_demo.py --steps 200 --out demo-quick   # a quick look
     python examples/train_demo.py --rescore       # re-score saved weights (after a sampler change)
 
 Writes, under the weights directory:
