@@ -95,6 +95,7 @@ def atomic_directory(out: Path, force: bool = False) -> Iterator[Path]:
         raise HpspecError(f"{out}: already exists (use --force to replace it)")
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}{TMP_MARKER}", dir=out.parent))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; the output gets what mkdir would give
+    aside: Path | None = None  # where an existing output waits while the new one is renamed in
     try:
         yield tmp
         _fsync_dir(tmp)
@@ -111,12 +112,22 @@ def atomic_directory(out: Path, force: bool = False) -> Iterator[Path]:
             faults.point("stage.after_rename", out)
         _fsync_dir(out.parent)
     except OSError as error:  # a full disk, a lost mount: said in one line, nothing left at `out`
-        shutil.rmtree(tmp, ignore_errors=True)
+        _abandon(tmp, aside, out)
         where = f" ({error.filename})" if error.filename else ""
         raise HpspecError(f"{out}: cannot write: {error.strerror or error}{where}") from None
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _abandon(tmp, aside, out)
         raise
+
+
+def _abandon(tmp: Path, aside: Path | None, out: Path) -> None:
+    """After a failure the temporary directory goes, and an old output set aside comes back."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    if aside is None:
+        return
+    if not out.exists() and (aside / "old").exists():
+        os.replace(aside / "old", out)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def sweep_stale_siblings(out: Path) -> list[Path]:
