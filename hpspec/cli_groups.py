@@ -10,6 +10,7 @@ import argparse
 from typing import Callable
 
 from . import cli_analysis
+from . import cli_distill
 from . import cli_review
 from . import cli_report
 from . import cli_stages
@@ -19,4 +20,5 @@ REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [
     cli_review.register,
     cli_report.register,
     cli_stages.register,
+    cli_distill.register,
 ]

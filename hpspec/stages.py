@@ -97,10 +97,17 @@ def _prepare_prune(given: StageInput) -> Writer:
     return write
 
 
+def _prepare_distill(given: StageInput) -> Writer:
+    """hpspec.distill (torch, accelerate) is imported only when the stage runs."""
+    from .distill import prepare_distill
+
+    return prepare_distill(given)
+
+
 STAGES: tuple[Stage, ...] = (
     Stage("prune", "pruned", lambda plan: True, _prepare_prune,
           depends=("target", "stacks", "config", "ops", "freeze", "params", "bytes")),
-    Stage("distill", "distilled", lambda plan: plan.distill is not None, None,
+    Stage("distill", "distilled", lambda plan: plan.distill is not None, _prepare_distill,
           depends=("distill",), requires=("data",)),
     Stage("quantize", "quantized", lambda plan: plan.quantize is not None, None, depends=("quantize",)),
 )  # fmt: skip
