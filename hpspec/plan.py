@@ -123,6 +123,7 @@ class BytesPlan:
     before: int
     after_prune: int
     unit: str = "bytes of weights (decimal), not peak memory"
+    after_quantize: int | None = None  # added in schema v1: exact bytes the quantize stage writes (header apart)
 
 
 @dataclass(frozen=True)
@@ -175,6 +176,7 @@ def compile_plan(checked: CheckedSpec) -> Plan:
     stacks = _stacks(graph, ops)
     removed = _removed_tensors(graph, ops)
     params_after = graph.params - sum(op.params for op in ops)
+    quantize = _quantize(graph, checked, stacks)
     return Plan(
         schema_version=SCHEMA_VERSION,
         hpspec_version=__version__,
@@ -185,7 +187,7 @@ def compile_plan(checked: CheckedSpec) -> Plan:
         ops=ops,
         freeze=_freeze(graph, checked, ops, stacks, removed),
         distill=DistillPlan(**checked.distill) if checked.distill is not None else None,  # type: ignore[arg-type]
-        quantize=_quantize(graph, checked, stacks),
+        quantize=quantize,
         params=ParamsPlan(
             before=graph.params,
             after_prune=params_after,
@@ -196,6 +198,7 @@ def compile_plan(checked: CheckedSpec) -> Plan:
             dtype=graph.dtype,
             before=graph.nbytes,
             after_prune=graph.nbytes - sum(bytes_ for _, bytes_ in removed.values()),
+            after_quantize=_quantized_bytes(graph, ops, stacks, quantize),
         ),
         flops=_flops(graph, ops),
     )
@@ -533,6 +536,15 @@ def _quantize(graph: ModelGraph, checked: CheckedSpec, stacks: Mapping[str, Stac
         compute=str(setting.options.get("compute", "bf16")),
         except_modules=list(dict.fromkeys(excepted)),
     )
+
+
+def _quantized_bytes(graph: ModelGraph, ops: list[Op], stacks: Mapping[str, StackPlan], quantize: QuantizePlan | None) -> int | None:
+    from .quantize_layout import pruned_tensors, quantized_layout, weight_bytes
+
+    if quantize is None or quantize.backend == "unknown":
+        return None
+    layout = quantized_layout(pruned_tensors(graph, ops, stacks), quantize.scheme, quantize.compute, quantize.except_modules)
+    return weight_bytes(layout)
 
 
 def _renumber(graph: ModelGraph, module: str, stacks: Mapping[str, StackPlan]) -> str:
