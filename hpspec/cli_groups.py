@@ -11,6 +11,7 @@ from typing import Callable
 
 from . import cli_analysis
 from . import cli_distill
+from . import cli_quantize
 from . import cli_review
 from . import cli_report
 from . import cli_stages
@@ -21,4 +22,5 @@ REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [
     cli_report.register,
     cli_stages.register,
     cli_distill.register,
+    cli_quantize.register,
 ]

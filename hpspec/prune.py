@@ -220,6 +220,10 @@ def load_pretrained(path: str | Path, torch_dtype: torch.dtype | None = None) ->
         raise CheckpointError(f"{directory}: no {PLAN_NAME}; not a directory hpspec wrote (for OUT, load OUT/pruned)")
     plan = load_plan_file(directory / PLAN_NAME)
     config = read_config(directory / CONFIG_NAME)
+    if "quantization_config" in config:  # written by the quantize stage (OUT/quantized)
+        from .quantize import load_quantized
+
+        return load_quantized(directory, plan, config, torch_dtype)
     model = _empty_model(config, directory)
     for old in dropped_part_modules(plan):
         new = renamed(plan, old)

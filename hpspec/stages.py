@@ -104,12 +104,19 @@ def _prepare_distill(given: StageInput) -> Writer:
     return prepare_distill(given)
 
 
+def _prepare_quantize(given: StageInput) -> Writer:
+    """Load and validate the input now; the writer quantizes and writes (hpspec.quantize)."""
+    from .quantize import prepare_stage
+
+    return prepare_stage(given)
+
+
 STAGES: tuple[Stage, ...] = (
     Stage("prune", "pruned", lambda plan: True, _prepare_prune,
           depends=("target", "stacks", "config", "ops", "freeze", "params", "bytes")),
     Stage("distill", "distilled", lambda plan: plan.distill is not None, _prepare_distill,
           depends=("distill",), requires=("data",)),
-    Stage("quantize", "quantized", lambda plan: plan.quantize is not None, None, depends=("quantize",)),
+    Stage("quantize", "quantized", lambda plan: plan.quantize is not None, _prepare_quantize, depends=("quantize",)),
 )  # fmt: skip
 
 
