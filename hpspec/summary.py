@@ -92,6 +92,13 @@ def plan_text(plan: Plan) -> str:
         )
     )
     lines.append("(weight bytes, decimal units; peak memory in a forward pass is a different measure)")
+    if b.after_quantize is not None and plan.quantize is not None:
+        lines.append(
+            f"weight bytes: {human_bytes(b.before)} ({b.dtype}) -> {human_bytes(b.after_prune)} after prune -> "
+            f"{human_bytes(b.after_quantize)} after quantize ({plan.quantize.scheme}, the rest {plan.quantize.compute}); "
+            f"{100 * b.after_quantize / b.before:.1f}% of before"
+        )
+    lines.extend(_paper_memory(plan))
     if plan.flops is not None:
         f = plan.flops
         lines.append(
@@ -108,6 +115,19 @@ def plan_text(plan: Plan) -> str:
         extra = f", except {', '.join(q.except_modules)}" if q.except_modules else ""
         lines.append(f"quantize: {q.scheme} ({q.backend}), compute {q.compute}{extra}")
     return "\n".join(lines) + "\n"
+
+
+# METHOD §8: peak GPU memory of one transformer forward (batch 1, 1024², bf16), not weight bytes.
+PAPER_MEMORY = {
+    "sd3.5-large-turbo": "15.8 GB original -> 12.6 GB at ~20% pruned -> 3.56 GB HPP+PWP+Q (3.24 GB at ~30% + Q)",
+}
+
+
+def _paper_memory(plan: Plan) -> list[str]:
+    memory = PAPER_MEMORY.get(plan.target.name)
+    if memory is None:
+        return []
+    return [f"paper, peak forward memory (batch 1, 1024², a different measure): {memory}"]
 
 
 def _ranges(indices: Iterable[int]) -> str:
