@@ -329,7 +329,10 @@ def shard_names(count: int) -> list[str]:
 
 
 def write_pruned(plan: Plan, source: Source, out: Path, progress: bool = True) -> Written:
-    """Write the pruned checkpoint into the (empty, temporary) directory `out`."""
+    """Write the pruned checkpoint into the (empty, temporary) directory `out`.
+
+    An OSError (a full disk) is left to the caller's `atomic_directory`, which names the real
+    output path rather than the temporary one and removes what was written."""
     check_fingerprint(plan, source.graph, str(source.directory))
     layout = pruned_layout(plan, source)
     buffers = buffer_names(source.graph)
@@ -339,10 +342,7 @@ def write_pruned(plan: Plan, source: Source, out: Path, progress: bool = True) -
             f"{source.directory}: the pruned checkpoint would hold {params} parameters, the plan says "
             f"{plan.params.after_prune}; the plan does not fit this checkpoint"
         )
-    try:
-        return _write(plan, source, layout, params, out, progress)
-    except OSError as error:
-        raise CheckpointError(f"{error.filename or out}: cannot write the pruned checkpoint: {error.strerror or error}") from None
+    return _write(plan, source, layout, params, out, progress)
 
 
 def _write(plan: Plan, source: Source, layout: list[list[OutTensor]], params: int, out: Path, progress: bool) -> Written:

@@ -99,21 +99,21 @@ def atomic_directory(out: Path, force: bool = False) -> Iterator[Path]:
     try:
         yield tmp
         _fsync_dir(tmp)
-        faults.point("stage.before_rename", out)
+        faults.point("stage.before_rename")
         if out.exists():
             aside = Path(tempfile.mkdtemp(prefix=f".{out.name}{TMP_MARKER}old-", dir=out.parent))
             os.replace(out, aside / "old")
-            faults.point("stage.after_set_aside", out)
+            faults.point("stage.after_set_aside")
             os.replace(tmp, out)
-            faults.point("stage.after_rename", out)
+            faults.point("stage.after_rename")
             shutil.rmtree(aside, ignore_errors=True)
         else:
             os.replace(tmp, out)
-            faults.point("stage.after_rename", out)
+            faults.point("stage.after_rename")
         _fsync_dir(out.parent)
     except OSError as error:  # a full disk, a lost mount: said in one line, nothing left at `out`
         _abandon(tmp, aside, out)
-        where = f" ({error.filename})" if error.filename else ""
+        where = f" ({os.fsdecode(error.filename).replace(str(tmp), str(out))})" if error.filename else ""  # as it would be named
         raise HpspecError(f"{out}: cannot write: {error.strerror or error}{where}") from None
     except BaseException:
         _abandon(tmp, aside, out)

@@ -237,7 +237,7 @@ def run_stage(step: Stage, given: StageInput, out: Path, force: bool = False) ->
     started = time.monotonic()
     with atomic_directory(out, force=True) as tmp:
         extras = write(tmp)
-        faults.point("stage.before_provenance", tmp)
+        faults.point("stage.before_provenance", tmp / PROVENANCE_NAME)
         provenance = {
             "stage": step.name,
             "stage_key": key,
