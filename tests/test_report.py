@@ -141,7 +141,7 @@ def test_flux_shows_both_stacks_quantized(tmp_path: Path) -> None:
     assert _states(double[15])["context_mlp"] == "part-dropped"
     assert _states(double[0])["norm"] == "frozen q" and _states(single[0])["attn"] == "trainable q"
     assert list(_states(single[0])) == ["norm", "mlp", "attn"] and "dropped" in single[28].css
-    assert page["summary"]["stages"][2][:4] == ["after quantize (nf4)", "10,607,418,432", "89.2%", "not estimated in this plan"]
+    assert page["summary"]["stages"][2][:4] == ["after quantize (nf4)", "10,607,418,432", "89.2%", "5.48 GB"]
 
 
 def test_last_block_conversion_and_full_precision_exceptions(tmp_path: Path) -> None:

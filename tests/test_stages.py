@@ -114,7 +114,14 @@ def test_changed_plan_or_input_needs_force(cli: Callable[..., CliResult], tmp_pa
     assert json.loads((out / "pruned" / "plan.json").read_text())["stacks"]["blocks"]["dropped"] == [3]
 
 
-@pytest.mark.parametrize("statement,stage", [("quantize nf4", "quantize"), ("distill steps=10", "distill")])
+def test_compile_runs_prune_then_quantize(cli: Callable[..., CliResult], tmp_path: Path, model: Path) -> None:
+    out = tmp_path / "out"
+    result = cli("compile", write_spec(tmp_path, f"{SPEC}quantize nf4\n"), "--model", model, "--out", out)
+    assert result.code == 0, result.err
+    assert sorted(p.name for p in out.iterdir()) == ["pruned", "quantized"]
+
+
+@pytest.mark.parametrize("statement,stage", [("distill steps=10", "distill")])
 def test_compile_stops_after_prune_and_names_the_command_that_continues(
     cli: Callable[..., CliResult], tmp_path: Path, model: Path, statement: str, stage: str
 ) -> None:
