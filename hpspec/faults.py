@@ -47,7 +47,9 @@ def _fire(name: str, path: Path | None, configured: str) -> None:
     where, _, action = configured.partition(":")
     if where not in POINTS or (action or "raise") not in ACTIONS:
         # A typo would otherwise make a fault test pass without injecting anything.
-        raise HpspecError(f"{ENV}={configured}: expected POINT[:ACTION], POINT one of {', '.join(POINTS)}, ACTION one of {', '.join(ACTIONS)}")
+        raise HpspecError(
+            f"{ENV}={configured}: expected POINT[:ACTION], POINT one of {', '.join(POINTS)}, ACTION one of {', '.join(ACTIONS)}"
+        )
     if where != name:
         return
     if action == "kill":
