@@ -111,10 +111,14 @@ class Family:
 
 def open_teacher(directory: Path, plan: Plan) -> "Source":
     """The original checkpoint, validated and checked against the plan (headers only: cheap)."""
-    from .checkpoint import check_fingerprint, open_source
+    from .checkpoint import open_source
 
     source = open_source(directory)
-    check_fingerprint(plan, source.graph, str(source.directory))
+    if source.graph.fingerprint != plan.target.fingerprint:
+        raise DistillError(
+            f"--teacher {directory}: is not the model the plan pruned (`{plan.target.name}`, {plan.target.fingerprint}; "
+            f"this one is {source.graph.fingerprint}): the teacher is the original, unpruned model"
+        )
     return source
 
 
