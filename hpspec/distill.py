@@ -336,7 +336,7 @@ def train(job: Job, accelerator: "Accelerator", checkpoints: Path) -> tuple[Outc
     window = _Window()
     log_every = max(1, distill.steps // 100)
     bar = _progress_bar(job, accelerator, start)
-    began, step = time.monotonic(), start
+    began = time.monotonic()
     for step in range(start, distill.steps):
         draw = draws(distill.seed, step, distill.batch, len(job.data), job.data.shapes.latent, job.data.unconditional_fraction)
         mine = draw.slice(rank * local, (rank + 1) * local)
@@ -698,6 +698,7 @@ def _provenance(job: Job, outcome: Outcome, files: list[str], scales: Mapping[st
         "device": outcome.device,
         "mixed_precision": outcome.mixed_precision,
         "resumed_from_step": outcome.resumed_from,
+        "steps_this_run": outcome.steps_run,
         "seconds_per_step": round(outcome.seconds_per_step, 4) if outcome.seconds_per_step is not None else None,
         "curve": outcome.curve,
     }
