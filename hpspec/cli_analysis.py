@@ -147,15 +147,14 @@ def _command_line(args: argparse.Namespace) -> str:
 
 
 def _measure(args: argparse.Namespace) -> int:
-    from accelerate import PartialState
-
     from .analyze import Settings, analyze, demo_subject
+    from .distill import process_state
 
     if args.model is None:
         raise UsageError("hpspec analyze: give --model (demo or a directory), or --import-reference FILE")
     subject, knobs = demo_subject(_demo_dir(args.model), steps=args.steps)
     settings = Settings(_prompts(args.prompts), list(range(args.seeds)), args.parts, knobs)
-    state = PartialState()
+    state = process_state()
     table = analyze(subject, settings, Path(args.output), rank=state.process_index, world=state.num_processes,
                     barrier=state.wait_for_everyone)  # fmt: skip
     if table is not None:

@@ -19,6 +19,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     report.add_argument("--evidence", metavar="FILE", help="a JSON list of rows comparing methods or configurations")
     report.add_argument("--against", metavar="OLD_PLAN", help="an older plan (or spec): adds the semantic diff")
     report.add_argument("--target", help="compile spec inputs for this target instead of their own")
+    report.add_argument("--scales", metavar="FILE", help="SGDistill scales (a distill stage's scales.json)")
     report.add_argument("-o", "--output", help="write the page here (atomically) instead of stdout")
     report.set_defaults(handler=cmd_report)
 
@@ -26,6 +27,6 @@ def register(commands: argparse._SubParsersAction) -> None:
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import load_inputs, render_report
 
-    inputs = load_inputs(args.plan, args.sensitivity, args.evaluation, args.evidence, args.against, args.target)
+    inputs = load_inputs(args.plan, args.sensitivity, args.evaluation, args.evidence, args.against, args.target, args.scales)
     write_output(render_report(inputs), args.output)
     return 0

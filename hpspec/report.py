@@ -35,6 +35,7 @@ class ReportInputs:
     evidence: Sequence[Mapping[str, Any]] | None = None  # rows of a comparison table
     against: Plan | None = None
     labels: tuple[str, str] = ("old plan", "this plan")  # names of `against` and `plan` in the diff
+    scales: Mapping[str, float] | None = None  # SGDistill scales (a distill stage's scales.json)
 
 
 # --------------------------------------------------------------------------------------------
@@ -73,7 +74,7 @@ def build_page(inputs: ReportInputs) -> dict[str, Any]:
     plan = inputs.plan
     layouts, layout_note = stack_layouts(plan)
     diff = _diff(inputs.against, plan, inputs.labels)
-    fates = Fates.of(plan, diff)
+    fates = Fates.of(plan, diff, inputs.scales)
     return {
         "title": f"hpspec report: {plan.target.name}",
         "target": plan.target.name,
@@ -402,6 +403,7 @@ def load_inputs(
     evidence: str | Path | None = None,
     against: str | Path | None = None,
     target: str | None = None,
+    scales: str | Path | None = None,
 ) -> ReportInputs:
     from .io import read_json_input
     from .sensitivity import load_table
@@ -413,4 +415,5 @@ def load_inputs(
         evidence=check_evidence(read_json_input(Path(evidence), "evidence table"), str(evidence)) if evidence else None,
         against=load_plan_input(against, target) if against else None,
         labels=(str(against), str(plan)) if against else ("old plan", "this plan"),
+        scales=read_json_input(Path(scales), "scales") if scales else None,
     )

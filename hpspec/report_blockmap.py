@@ -128,7 +128,7 @@ class Fates:
     restored: frozenset[tuple[str, int, str | None]]
 
     @staticmethod
-    def of(plan: Plan, diff: Mapping[str, Any] | None) -> "Fates":
+    def of(plan: Plan, diff: Mapping[str, Any] | None, scales: Mapping[str, Any] | None = None) -> "Fates":
         removed: dict[tuple[str, int], int] = {}
         for op in plan.ops:
             removed[(op.stack, op.block)] = removed.get((op.stack, op.block), 0) + op.params
@@ -141,19 +141,18 @@ class Fates:
             trainable=frozenset(plan.freeze.trainable),
             training=plan.distill is not None or plan.freeze.rule != "none",
             excepted=tuple(plan.quantize.except_modules) if plan.quantize is not None else None,
-            scales=update_scales(plan),
+            scales=update_scales(scales if scales is not None else getattr(plan.distill, "scales", None)),
             new=frozenset(diff["new"]) if diff else frozenset(),
             restored=frozenset(diff["restored"]) if diff else frozenset(),
         )
 
 
-def update_scales(plan: Plan) -> dict[str, float]:
-    """SGDistill's per-module update scales, when the plan carries them (`distill.scales`).
+def update_scales(scales: Any) -> dict[str, float]:
+    """SGDistill's per-module update scales (a distill stage's scales.json, or `distill.scales`).
 
     Read defensively: a mapping from module path after pruning (a block, or a part's module) to a
-    number; anything else is ignored, as plans of schema v1 do not have the field yet.
+    number; anything else is ignored.
     """
-    scales = getattr(plan.distill, "scales", None)
     if not isinstance(scales, Mapping):
         return {}
     return {str(k): float(v) for k, v in scales.items() if isinstance(v, (int, float)) and math.isfinite(v)}

@@ -7,8 +7,8 @@ have not changed is not redone (`--force` redoes it). A stage first checks every
 without writing (`prepare`), then writes into a temporary sibling renamed into place at the end,
 so a failure leaves nothing at the output path.
 
-This version implements prune; distill and quantize are registered so that `compile` says where
-it stopped and which command continues.
+`compile` runs every declared stage that can run; when one cannot (distill without `--data`), it
+stops and prints the command that continues from there. Every stage writes its `report.html`.
 """
 
 from __future__ import annotations
@@ -259,7 +259,9 @@ def _write_report(path: Path, given: StageInput) -> None:
     from .sensitivity import load_table
 
     table = given.options.get("sensitivity")
-    write_report(path, ReportInputs(given.plan, sensitivity=load_table(Path(table)) if table else None))
+    scales_file = path.parent / "scales.json"  # written by the distill stage
+    scales = json.loads(scales_file.read_text()) if scales_file.is_file() else None
+    write_report(path, ReportInputs(given.plan, sensitivity=load_table(Path(table)) if table else None, scales=scales))
 
 
 def _refuse_overlap(source: Path, out: Path) -> None:

@@ -82,10 +82,12 @@ def test_two_processes_give_the_same_table_as_one(block_table, tmp_path: Path) -
     prompts.write_text("\n".join(PROMPTS) + "\n")
     out = tmp_path / "two.json"
     launcher = Path(sys.executable).parent / "accelerate"
-    command = [str(launcher), "launch", "--cpu", "--num_processes", "2", "--num_cpu_threads_per_process", "1",
+    # On CPUs `--multi_gpu` is what makes accelerate (torchrun) start N gloo processes.
+    command = [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_cpu_threads_per_process", "1",
                "-m", "hpspec.cli", "analyze", "--model", "demo", "--prompts", str(prompts), "-o", str(out)]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
+    assert "analyze (rank 1)" in done.stderr  # the second process measured its share
     two = load_table(out)
     assert [(e.block, e.part) for e in two.entries] == [(e.block, e.part) for e in table.entries]
     for a, b in zip(two.entries, table.entries):

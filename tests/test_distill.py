@@ -173,10 +173,11 @@ def test_inverse_scales_set_each_blocks_update(tiny: tuple[Path, Path], data: Pa
     table = tmp_path / "table.json"
     plan = with_distill(pruned, weight="sensitivity", mode="inverse", steps=1, batch=4, lr=1e-3)
     table.write_text(table_for(plan, [(1, None, 0.4), (2, None, 0.1), (3, None, 0.2)]).to_json())
-    out = distil(plan, pruned, model, data, tmp_path / "distilled", sensitivity=str(table))
+    out = distil(plan, pruned, model, data, tmp_path / "distilled", sensitivity=str(table), report=True)
     before, after = tensors(pruned), tensors(out)
     scales = json.loads((out / "scales.json").read_text())
     assert scales == json.loads((out / "provenance.json").read_text())["scales"]
+    assert "update scale" in (out / "report.html").read_text()  # the stage's report shows them
     for block, scale in scales.items():
         moved = torch.cat([(after[n] - before[n]).abs().flatten() for n in before if n.startswith(block + ".") and n.endswith(".weight")])
         moved = moved[moved > 0]

@@ -9,13 +9,12 @@ import struct
 import subprocess
 import sys
 import zlib
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from hpspec.plan import DistillPlan, Plan, plan_spec
+from hpspec.plan import Plan, plan_spec
 from hpspec.report import ReportInputs, build_page, render_report, split_comment
 from hpspec.report_blockmap import spans
 from hpspec.report_images import ImageError, image_grid_payload, png_bytes
@@ -154,13 +153,8 @@ def test_last_block_conversion_and_full_precision_exceptions(tmp_path: Path) -> 
 
 
 def test_update_scales_show_in_trainable_cells(aggressive: Plan) -> None:
-    @dataclass(frozen=True)
-    class ScaledDistill(DistillPlan):  # what a later plan may carry: scale by module path after pruning
-        scales: dict[str, float] = field(default_factory=dict)
-
-    assert aggressive.distill is not None
-    distill = ScaledDistill(**{**aggressive.distill.__dict__, "scales": {"transformer_blocks.20": 0.25, "transformer_blocks.21.ff": 0.0}})
-    page = build_page(ReportInputs(replace(aggressive, distill=distill)))
+    scales = {"transformer_blocks.20": 0.25, "transformer_blocks.21.ff": 0.0}  # a distill stage's scales.json
+    page = build_page(ReportInputs(aggressive, scales=scales))
     blocks = _blocks(page)
     assert {c.text for c in blocks[20].cells} == {"0.25"} and "update scale 0.25" in blocks[20].cells[0].title
     assert [c.text for c in blocks[21].cells] == ["", "", "", "0", ""]

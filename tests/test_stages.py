@@ -121,21 +121,6 @@ def test_compile_runs_prune_then_quantize(cli: Callable[..., CliResult], tmp_pat
     assert sorted(p.name for p in out.iterdir()) == ["pruned", "quantized"]
 
 
-@pytest.mark.parametrize("statement,stage", [("distill steps=10", "distill")])
-def test_compile_stops_after_prune_and_names_the_command_that_continues(
-    cli: Callable[..., CliResult], tmp_path: Path, model: Path, statement: str, stage: str
-) -> None:
-    spec = write_spec(tmp_path, f"{SPEC}{statement}\n")
-    out = tmp_path / "out"
-    result = cli("compile", spec, "--model", model, "--out", out)
-    assert result.code == 0, result.err
-    assert sorted(p.name for p in out.iterdir()) == ["pruned"]
-    stopped = result.out.splitlines()[-1]
-    assert stopped.startswith(f"stopped: {stage} is declared by the spec, but this version of hpspec")
-    assert f"does not implement it; the model so far is in {out / 'pruned'}" in stopped
-    assert stopped.endswith(f"hpspec compile {spec} --model {model} --out {out}" + (" --data DATA" if stage == "distill" else ""))
-
-
 def test_prune_single_stage_from_a_plan_file_or_a_spec(cli: Callable[..., CliResult], tmp_path: Path, model: Path) -> None:
     spec = write_spec(tmp_path, f'target "{model}"\n{SPEC}')
     plan_file = tmp_path / "plan.json"
