@@ -50,6 +50,7 @@ class Stage:
     prepare: Callable[[StageInput], Writer] | None  # None: not implemented in this version
     depends: tuple[str, ...]  # the plan's fields its output depends on (what makes it stale)
     requires: tuple[str, ...] = ()  # options it cannot run without, e.g. ("data",)
+    keyed: tuple[str, ...] = ()  # other options its output depends on (a changed one redoes it)
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("prune", "pruned", lambda plan: True, _prepare_prune,
           depends=("target", "stacks", "config", "ops", "freeze", "params", "bytes")),
     Stage("distill", "distilled", lambda plan: plan.distill is not None, _prepare_distill,
-          depends=("distill",), requires=("data",)),
+          depends=("distill",), requires=("data",), keyed=("teacher", "sensitivity")),
     Stage("quantize", "quantized", lambda plan: plan.quantize is not None, _prepare_quantize, depends=("quantize",)),
 )  # fmt: skip
 
@@ -289,7 +290,7 @@ def stage_key(step: Stage, given: StageInput) -> str:
         "stage": step.name,
         "plan": {name: plan[name] for name in step.depends},
         "input": _input_identity(given.source),
-        "options": {name: str(given.options.get(name)) for name in step.requires},
+        "options": {name: str(given.options.get(name)) for name in (*step.requires, *step.keyed)},
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
 
