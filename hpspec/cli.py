@@ -8,6 +8,7 @@ inside their handler, so `check`, `plan`, `graph`, `fmt` and `diff` stay fast.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -52,6 +53,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except HpspecError as error:
         sys.stderr.write(f"error: {error}\n")
         return error.exit_code
+    except OSError as error:  # the environment: a missing directory, a full disk, a name too long
+        where = f"{os.fsdecode(error.filename)}: " if isinstance(error.filename, (str, bytes, os.PathLike)) else ""
+        sys.stderr.write(f"error: {where}{error.strerror or error}\n")
+        return 1
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         return 130

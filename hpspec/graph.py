@@ -353,7 +353,7 @@ def resolve_target(value: str, base: Path | None = None, quoted: bool = False) -
         # Named by the package, not by where it is installed, so plans are the same everywhere.
         return replace(graph_from_path(demo_directory(), name=DEMO), source="hpspec:demo")
     path = Path(value)
-    if not quoted and not path.exists() and "/" not in value:
+    if not quoted and not _exists(path) and "/" not in value:
         suggestion = did_you_mean(value, target_names())
         raise TargetError(
             f"unknown target `{value}`"
@@ -368,7 +368,7 @@ def resolve_target(value: str, base: Path | None = None, quoted: bool = False) -
 def find_transformer(path: Path) -> tuple[Path | None, list[Path]]:
     """(config.json or None, safetensors files) of a transformer directory, pipeline root or file."""
     path = Path(path)
-    if not path.exists():
+    if not _exists(path):
         raise TargetError(f"{path}: no such file or directory")
     if path.is_file():
         if path.name.endswith(WEIGHTS_INDEX_SUFFIX):
@@ -391,6 +391,14 @@ def find_transformer(path: Path) -> tuple[Path | None, list[Path]]:
     if config is None and not weights:
         raise TargetError(f"{path}: holds no config.json and no .safetensors files (not a diffusers transformer or pipeline)")
     return config, weights
+
+
+def _exists(path: Path) -> bool:
+    """Path.exists, but a name the system cannot even look up (ENAMETOOLONG) names nothing, not a crash."""
+    try:
+        return path.exists()
+    except OSError:
+        return False
 
 
 def _config_in(directory: Path) -> Path | None:

@@ -62,9 +62,14 @@ def dumps_json(data: Any) -> str:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Replace `path` with `text` in one rename; a crash leaves the old file or the new one."""
+    """Replace `path` with `text` in one rename; a crash leaves the old file or the new one.
+
+    An OSError names `path`, not the temporary file (which is gone)."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TMP_MARKER}", dir=path.parent or Path("."))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TMP_MARKER}", dir=path.parent or Path("."))
+    except OSError as error:
+        raise OSError(error.errno, error.strerror, str(path)) from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
             handle.write(text)
@@ -75,6 +80,9 @@ def write_text_atomic(path: Path, text: str) -> None:
         else:
             os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; a new file gets the usual mode
         os.replace(tmp, path)
+    except OSError as error:
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(error.errno, error.strerror, str(path)) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
