@@ -742,6 +742,7 @@ def distill_demo(
     weight: str = "uniform",
     mode: str = "binary",
     table: Path | None = None,
+    seed: int = 0,
     force: bool = False,
     progress: bool = False,
 ) -> StageResult:
@@ -757,7 +758,7 @@ def distill_demo(
 
     plan = load_plan_file(Path(pruned) / "plan.json")
     base = plan.distill or DistillPlan(**{k: o.default for k, o in DISTILL_OPTIONS.items()})  # type: ignore[arg-type]
-    settings = replace(base, steps=steps, lr=lr, batch=batch, weight=weight, mode=mode, table=None)
+    settings = replace(base, steps=steps, lr=lr, batch=batch, weight=weight, mode=mode, table=None, seed=seed)
     plan = replace(plan, distill=settings)
     options = {"data": "demo", "teacher": str(resolve_model("demo")), "sensitivity": str(table) if table else None, "report": False}
     result = run_distill(StageInput(plan, Path(pruned), options, progress), Path(out), force)
