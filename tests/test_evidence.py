@@ -1,0 +1,50 @@
+"""The evidence script's reduced version (one row and its nf4 variant, a few steps), so it cannot rot."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from hpspec.report import check_evidence
+
+from .conftest import REPO
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("evidence", REPO / "bench" / "evidence.py")
+    module = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    sys.modules["evidence"] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_reduced_evidence_run(tmp_path: Path, capsys) -> None:
+    threads = torch.get_num_threads()
+    try:
+        assert load_script().main(["--out", str(tmp_path), "--quick"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    rows = json.loads((tmp_path / "evidence.json").read_text())
+    assert [r["method"] for r in rows] == ["HPP + PWP + SGDistill inverse", "... inverse + nf4"]
+    distilled, quantized = rows
+    assert distilled["params_kept"] == quantized["params_kept"] and 0.65 < distilled["params_kept"] < 0.7
+    assert quantized["weight_bytes"] * 5 < distilled["weight_bytes"]  # 4-bit weights, 16-bit rest
+    for row in rows:
+        assert 0 <= row["prompt_accuracy"] <= 1 and 0 <= row["quality"] <= 1
+    # Degradation is the mean relative drop against the unpruned model on the same prompts and seeds.
+    from hpspec.analyze import demo_subject
+    from hpspec.demo import default_prompts
+    from hpspec.evaluate import evaluate
+
+    subject, _ = demo_subject()
+    full = evaluate(subject.generator_for(subject.transformer), subject.scorer, default_prompts()[::4], [0, 1])
+    drops = [(full[m] - distilled[m]) / full[m] for m in ("prompt_accuracy", "quality")]
+    assert distilled["degradation"] == pytest.approx(sum(drops) / 2, abs=3e-4)
+    assert check_evidence(rows, "evidence.json")  # what `hpspec report --evidence` accepts
+    assert "| 30% | HPP + PWP + SGDistill inverse |" in capsys.readouterr().out
