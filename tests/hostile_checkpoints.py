@@ -14,6 +14,7 @@ import math
 import os
 import random
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -22,9 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
-from hpspec.faults import ENV as FAULT_ENV
+from hpspec.errors import HpspecError
+from hpspec.faults import ENV as FAULT_ENV, InjectedFault
 from hpspec.graph import tensors_from_config
 from hpspec.io import TMP_MARKER
+from hpspec.safetensors_header import read_header
 
 REPO = Path(__file__).resolve().parent.parent
 WEIGHTS = "diffusion_pytorch_model"
@@ -354,6 +357,20 @@ def compile_in_subprocess(spec: Path, model: Path, out: Path, fault: str | None,
     return Run(done.returncode, done.stdout, done.stderr)
 
 
+def contents(directory: Path) -> dict[str, bytes]:
+    """What must be identical between two complete outputs: every shard (read through validation),
+    config.json and plan.json; the names of all files (provenance and report vary by run)."""
+    found: dict[str, bytes] = {"files": "\n".join(sorted(p.name for p in directory.iterdir())).encode()}
+    for shard in sorted(directory.glob("*.safetensors")):
+        header = read_header(shard)
+        data = shard.read_bytes()
+        found.update({f"{shard.name}:{e.name}": data[e.begin : e.end] for e in header.tensors.values()})
+    for name in ("config.json", "plan.json"):
+        found[name] = (directory / name).read_bytes()
+    json.loads((directory / "provenance.json").read_text(encoding="utf-8"))
+    return found
+
+
 def leftovers(out: Path) -> list[Path]:
     """What a failed run left: the output path itself, and temporary siblings at either level."""
     found = [out] if out.exists() else []
@@ -386,3 +403,51 @@ def damaged(root: Path, good: Path, corruption: Corruption) -> Iterator[tuple[Pa
         yield model, named
     finally:
         shutil.rmtree(root / corruption.name, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------
+# A compile with a fault injected, and what it left
+
+
+@dataclass(frozen=True)
+class FaultOutcome:
+    expected: bool  # it failed as the action should make it: killed, InjectedFault, or one disk-full line
+    whole_or_none: bool  # the output path then held the complete output or nothing
+    left_behind: tuple[Path, ...]  # half-written output, or temporary siblings the next run did not sweep
+
+
+def inject(point: str, action: str, spec: Path, model: Path, out: Path, reference: Mapping[str, bytes]) -> FaultOutcome:
+    """Compile with `HPSPEC_FAULT_AT=point:action`, then once more without: did anything stay behind?"""
+    flags: tuple[str, ...] = ()
+    if point == "stage.after_set_aside":  # reached only when --force replaces an output
+        compile_in_process(spec, model, out)
+        flags = ("--force",)
+    expected = _faulted_run(point, action, spec, model, out, flags)
+    pruned = out / "pruned"
+    whole_or_none = not pruned.exists() or is_whole(pruned, reference)
+    half = [] if whole_or_none else [pruned]
+    if action != "kill":  # the failing run cleans up after itself; a killed one cannot
+        half += [p for p in leftovers(pruned) if p != pruned]
+    rerun = compile_in_process(spec, model, out)
+    stale = [p for p in leftovers(pruned) if p != pruned] + ([] if rerun.code == 0 and is_whole(pruned, reference) else [pruned])
+    return FaultOutcome(expected, whole_or_none, tuple(half + stale))
+
+
+def _faulted_run(point: str, action: str, spec: Path, model: Path, out: Path, flags: tuple[str, ...]) -> bool:
+    if action == "kill":
+        return compile_in_subprocess(spec, model, out, f"{point}:kill", *flags).code == -signal.SIGKILL
+    os.environ[FAULT_ENV] = f"{point}:{action}"
+    try:
+        run = compile_in_process(spec, model, out, *flags)
+    except InjectedFault:
+        return action == "raise"
+    finally:
+        del os.environ[FAULT_ENV]
+    return action == "enospc" and clear_error(run, out, "No space left on device") is None
+
+
+def is_whole(directory: Path, reference: Mapping[str, bytes]) -> bool:
+    try:
+        return contents(directory) == reference
+    except (HpspecError, OSError, ValueError):
+        return False

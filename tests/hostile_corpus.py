@@ -20,7 +20,7 @@ from random import Random
 from typing import Callable, Iterator, Mapping, Sequence, TypeVar
 
 from hpspec import syntax
-from hpspec.check import COMPUTE_DTYPES, DISTILL_OPTIONS, SCHEMES, check, load_target
+from hpspec.check import COMPUTE_DTYPES, DISTILL_OPTIONS, SCHEMES, DistillOption, check, load_target
 from hpspec.errors import HpspecError
 from hpspec.fmt import format_source, quote, statement_text
 from hpspec.graph import ModelGraph, resolve_target, target_names
@@ -61,6 +61,7 @@ HOSTILE_STRINGS: tuple[str, ...] = (
 
 @dataclass(frozen=True)
 class Vocabulary:
+    name: str  # the target
     stacks: tuple[tuple[str, str, int], ...]  # (plural, singular, number of blocks)
     parts: tuple[str, ...]
 
@@ -68,7 +69,7 @@ class Vocabulary:
     def of(cls, graph: ModelGraph) -> "Vocabulary":
         stacks = tuple((st.name, st.singular, len(st)) for st in graph.stacks)
         parts = tuple(sorted({p.word for st in graph.stacks for b in st.blocks for p in b.parts}))
-        return cls(stacks, parts)
+        return cls(graph.name, stacks, parts)
 
 
 def load_graphs(targets: Sequence[str] = TARGETS) -> dict[str, ModelGraph]:
@@ -87,9 +88,12 @@ class SpecGenerator:
         self.rng, self.words = rng, vocabulary
 
     def spec(self) -> str:
-        statements = [self.statement() for _ in range(self.rng.randint(1, 7))]
-        if self.rng.random() < 0.3:
-            statements.insert(0, self.target())
+        """A body of drops, preserves and comments; a target, distill and quantize at most once, mostly."""
+        statements = [self.statement() for _ in range(self.rng.randint(1, 6))]
+        for make, chance in ((self.target, 0.3), (self.distill, 0.25), (self.quantize, 0.25)):
+            for _ in range(2 if self.rng.random() < 0.05 else 1):  # sometimes twice: an error to report
+                if self.rng.random() < chance:
+                    statements.insert(self.rng.randint(0, len(statements)), make())
         return self.join(statements)
 
     def join(self, statements: Sequence[str]) -> str:
@@ -98,10 +102,7 @@ class SpecGenerator:
         return text + ("\n" if self.rng.random() < 0.8 else "")
 
     def statement(self) -> str:
-        makers: list[tuple[Callable[[], str], int]] = [
-            (self.drop, 40), (self.preserve, 15), (self.distill, 12), (self.quantize, 10),
-            (self.comment, 10), (lambda: "", 5), (self.target, 3),
-        ]  # fmt: skip
+        makers: list[tuple[Callable[[], str], int]] = [(self.drop, 50), (self.preserve, 12), (self.comment, 10), (lambda: "", 5)]
         make = self.rng.choices([m for m, _ in makers], [w for _, w in makers])[0]
         line = make()
         if line and self.rng.random() < 0.15:
@@ -109,10 +110,12 @@ class SpecGenerator:
         return line
 
     def target(self) -> str:
-        names = [*target_names(), "flux.1-dvd", "sd3.5"]
-        if self.rng.random() < 0.8:
-            return f"target {self.rng.choice(names)}"
-        return f"target {quote(self.rng.choice(['model/transformer', '.', '/nonexistent', *HOSTILE_STRINGS]))}"
+        chance = self.rng.random()
+        if chance < 0.85:
+            return f"target {self.words.name}"
+        if chance < 0.95:
+            return f"target {self.rng.choice([*target_names(), 'flux.1-dvd', 'sd3.5'])}"
+        return f"target {quote(self.rng.choice(['model/transformer', '.', '/nonexistent', '/dev/zero', *HOSTILE_STRINGS]))}"
 
     def comment(self) -> str:
         text = self.rng.choice(["a note", "TODO: check block 3", "ΔP +0.25", *HOSTILE_STRINGS])
@@ -129,7 +132,7 @@ class SpecGenerator:
         return " ".join(["distill", *(self.option(DISTILL_OPTIONS) for _ in range(self.rng.randint(0, 3)))])
 
     def quantize(self) -> str:
-        scheme = self.rng.choice([*SCHEMES, *SCHEMES, "q9", "nf8"])
+        scheme = self.rng.choice([*SCHEMES, *SCHEMES, *SCHEMES, "q9", "nf8"])
         words = ["quantize", scheme]
         if self.rng.random() < 0.4:
             items = [self.rng.choice([self.selector(), quote(self.module())]) for _ in range(self.rng.randint(1, 2))]
@@ -138,18 +141,25 @@ class SpecGenerator:
             words.append(f"compute={self.rng.choice([*COMPUTE_DTYPES, 'fp8'])}")
         return " ".join(words)
 
-    def option(self, options: Mapping[str, object]) -> str:
-        key = self.rng.choice([*options, "wieght", "stepz"])
-        value = self.rng.choice(["uniform", "sensitivity", "binary", "inverse", "1e-4", "100", "0", "-3", "0.5", "x",
-                                 '"t.json"', str(self.rng.randint(1, 10**6))])  # fmt: skip
-        return f"{key}={value}"
+    def option(self, options: Mapping[str, DistillOption]) -> str:
+        """Mostly a known key with a value of its kind; sometimes a misspelt key or a wrong value."""
+        if self.rng.random() < 0.1:
+            key, value = self.rng.choice([*options, "wieght", "stepz"]), self.rng.choice(["x", "-3", '"t.json"', "1e999", "nan"])
+            return f"{key}={value}"
+        key = self.rng.choice([k for k, o in options.items() if o.kind != "path"])
+        option = options[key]
+        if option.kind == "choice":
+            return f"{key}={self.rng.choice(option.choices)}"
+        if option.kind == "int":
+            return f"{key}={self.rng.randint(option.minimum, 100_000)}"
+        return f"{key}={self.rng.choice(['1e-4', '0.5', '2', '0', '3.25e-2'])}"
 
     def module(self) -> str:
         return self.rng.choice(MODULES)
 
     def selector(self, whole: bool = False) -> str:
         plural, singular, count = self.rng.choice(self.words.stacks)
-        if self.rng.random() < 0.05:
+        if self.rng.random() < 0.02:
             plural, singular = self.rng.choice([("blox", "blok"), ("double_blocks", "single_block"), ("blocks", "block")])
         if self.rng.random() < 0.55:
             part = "" if whole or self.rng.random() < 0.2 else "." + self.part()
@@ -158,10 +168,10 @@ class SpecGenerator:
         return f"{plural}[{indices}]"
 
     def part(self) -> str:
-        return self.rng.choice(self.words.parts) if self.rng.random() < 0.9 else self.rng.choice(["ff", "w_norm", "attn3", "MLP"])
+        return self.rng.choice(self.words.parts) if self.rng.random() < 0.95 else self.rng.choice(["ff", "w_norm", "attn3", "MLP"])
 
     def index(self, count: int) -> str:
-        if self.rng.random() < 0.9:
+        if self.rng.random() < 0.96:
             return str(self.rng.randint(-count, count - 1))
         return str(self.rng.choice([count, count + 7, -count - 1, 10**12]))
 
@@ -255,6 +265,8 @@ def hostile_spec(rng: Random, generator: SpecGenerator) -> str:
         lambda: (base + "\n") * rng.randint(5, 40),
         lambda: "drop blocks[" + rng.choice(["9", "-", "1:"]) * rng.randint(50, 3000) + "]",
         lambda: "\n" * rng.randint(100, 5000) + base + " " * rng.randint(0, 3000),
+        lambda: f"target {'e' * rng.randint(250, 5000)}\n" + base,  # longer than a file name may be
+        lambda: f"target {quote('x/' * rng.randint(100, 2500))}\n" + base,
     ]
     return rng.choice(choices)()
 
@@ -420,6 +432,7 @@ class Tally:
     tried: int = 0
     reached: Counter = field(default_factory=Counter)  # stage -> specs that passed it
     kinds: Counter = field(default_factory=Counter)
+    by_kind: dict[str, Counter] = field(default_factory=dict)  # kind -> stage (and "fmt") -> specs
     formatted: int = 0
     crashes: list[tuple[Case, str]] = field(default_factory=list)
     fmt_problems: list[tuple[Case, str]] = field(default_factory=list)
@@ -431,6 +444,7 @@ class Tally:
         self.kinds[case.kind] += 1
         self.reached.update(outcome.reached)
         self.formatted += outcome.formatted
+        self.by_kind.setdefault(case.kind, Counter()).update([*outcome.reached, *["fmt"] * outcome.formatted])
         if outcome.crash:
             self.crashes.append((case, outcome.crash))
         if outcome.fmt_problem:

@@ -24,7 +24,7 @@ from typing import Iterator
 import pytest
 
 from hpspec import faults
-from hpspec.errors import CheckpointError, HpspecError, SpecError
+from hpspec.errors import CheckpointError, SpecError
 from hpspec.faults import ENV as FAULT_ENV, POINTS, InjectedFault
 from hpspec.fmt import format_source
 from hpspec.parse import parse
@@ -39,6 +39,7 @@ from .hostile_checkpoints import (
     clear_error,
     compile_in_process,
     compile_in_subprocess,
+    contents,
     damaged,
     leftovers,
     pickle_weights,
@@ -75,26 +76,18 @@ def spec(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def reference(good: Path, spec: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
-    """The undisturbed compile's output: file name -> tensor bytes and JSON files."""
+def compiled(good: Path, spec: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An undisturbed compile's OUT/pruned."""
     out = tmp_path_factory.mktemp("reference") / "out"
     run = compile_in_process(spec, good, out)
     assert run.code == 0, run.err
-    return contents(out / "pruned")
+    return out / "pruned"
 
 
-def contents(directory: Path) -> dict[str, bytes]:
-    """What must be identical between two complete outputs: every shard (read through validation),
-    config.json and plan.json; the names of all files (provenance and report vary by run)."""
-    found: dict[str, bytes] = {"files": "\n".join(sorted(p.name for p in directory.iterdir())).encode()}
-    for shard in sorted(directory.glob("*.safetensors")):
-        header = read_header(shard)
-        data = shard.read_bytes()
-        found.update({f"{shard.name}:{e.name}": data[e.begin : e.end] for e in header.tensors.values()})
-    for name in ("config.json", "plan.json"):
-        found[name] = (directory / name).read_bytes()
-    json.loads((directory / "provenance.json").read_text(encoding="utf-8"))
-    return found
+@pytest.fixture(scope="module")
+def reference(compiled: Path) -> dict[str, bytes]:
+    """What every complete output must hold: tensor bytes, config and plan."""
+    return contents(compiled)
 
 
 # --------------------------------------------------------------------------------------------
@@ -128,6 +121,31 @@ def test_numbers_too_long_to_read_are_diagnostics(text: str) -> None:
     with pytest.raises(SpecError, match="a number of"):
         parse(text)
     assert format_source(text).text is None
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["check", "{tmp}/long-name.hps"],  # target eee...: a name too long to look up was an OSError
+        ["check", "{tmp}/long-path.hps"],
+        ["plan", "{tmp}/long-name.hps", "-o", "{tmp}/no/such/directory/plan.json"],
+        ["compile", "{tmp}/spec.hps", "--model", "{good}", "--out", "{tmp}/" + "o" * 300],
+        ["compile", "{tmp}/spec.hps", "--model", "{tmp}/" + "m" * 300, "--out", "{tmp}/out"],
+    ],
+    ids=["long-target", "long-target-path", "output-in-missing-directory", "long-output", "long-model"],
+)
+def test_paths_the_system_cannot_use_are_one_line_errors(
+    tmp_path: Path, good: Path, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    from hpspec.cli import main
+
+    (tmp_path / "long-name.hps").write_text(f"target {'e' * 300}\ndrop blocks[1]\n", encoding="utf-8")
+    (tmp_path / "long-path.hps").write_text(f'target "{"e/" * 3000}"\ndrop blocks[1]\n', encoding="utf-8")
+    (tmp_path / "spec.hps").write_text(SPEC, encoding="utf-8")
+    assert main([a.format(tmp=tmp_path, good=good) for a in argv]) == 1
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.out + captured.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["long-name.hps", "long-path.hps", "spec.hps"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -325,26 +343,26 @@ def test_a_full_disk_is_a_clear_error_and_nothing_half_written(
 # Security: pickles refused, spec paths only read, no spec text run, the report escaped
 
 
-def test_pickle_weights_are_refused_everywhere(tmp_path: Path, good: Path) -> None:
+def test_pickle_weights_are_refused_everywhere(tmp_path: Path, good: Path, compiled: Path) -> None:
     from hpspec.cli import main
+    from hpspec.graph import graph_from_path
 
-    model = tmp_path / "model"
+    model, pruned = tmp_path / "model", tmp_path / "pruned"
     shutil.copytree(good, model)
-    pickle_weights(model)
+    shutil.copytree(compiled, pruned)
+    for directory in (model, pruned):
+        pickle_weights(directory)
     (tmp_path / "spec.hps").write_text('target "model"\ndrop blocks[1]\n', encoding="utf-8")
     assert main(["check", str(tmp_path / "spec.hps")]) == 1
     assert main(["graph", str(model)]) == 1
     with pytest.raises(CheckpointError, match="pickle checkpoints are refused"):
-        from hpspec.graph import graph_from_path
-
         graph_from_path(model)
-    (model / "plan.json").write_text("{}")
     pytest.importorskip("diffusers")
     import hpspec
 
-    with pytest.raises(HpspecError):
-        hpspec.load_pretrained(model)
-    assert not (model / PWNED).exists()
+    with pytest.raises(CheckpointError, match="pickle checkpoints are refused"):
+        hpspec.load_pretrained(pruned)  # a pruned directory whose weights were swapped for a pickle
+    assert not (model / PWNED).exists() and not (pruned / PWNED).exists()
 
 
 PLANT = """
