@@ -1,7 +1,8 @@
 """`hpspec demo`: the whole method on the embedded demo model, offline, on a CPU, in minutes.
 
 analyze (blocks and parts) -> suggest a spec by each method at the same budget -> compile each ->
-evaluate each against the unpruned model -> one table. Everything it makes stays in a folder:
+evaluate each against the unpruned model; HierarchicalPrune's selection is then distilled (PWP +
+SGDistill, a short run) and quantized (nf4, int4) -> one table. Everything it makes stays in a folder:
 the sensitivity table, the specs, the plans, the pruned checkpoints and the evaluation JSON.
 """
 
@@ -37,6 +38,7 @@ def run_demo(
     say: Callable[[str], None] = print,
     force: bool = False,
     prompts: Sequence[str] | None = None,
+    distill_steps: int = 200,
 ) -> list[Row]:
     from .analyze import Settings, analyze, demo_subject
     from .demo import default_prompts
@@ -59,8 +61,36 @@ def run_demo(
         spec = _suggest(method, table_path, keep, out)
         pruned_dir = _compile(spec, out / method, force)
         say(f"4/4 evaluate: {method}")
-        rows.append(_evaluate_row(method, spec, pruned_dir, subject, prompts, seeds, reference, out))
+        evaluate_row = lambda name, model_dir: _evaluate_row(name, spec, model_dir, subject, prompts, seeds, reference, out)  # noqa: E731
+        rows.append(evaluate_row(method, pruned_dir))
+        if method == "hierarchical":
+            rows.extend(_repaired_rows(pruned_dir, table_path, distill_steps, force, say, evaluate_row))
     write_text_atomic(out / "summary.json", dumps_json([_row_json(r) for r in rows]))
+    return rows
+
+
+def _repaired_rows(pruned: Path, table: Path, steps: int, force: bool, say: Callable[[str], None],
+                   evaluate_row: Callable[[str, Path], Row]) -> list[Row]:  # fmt: skip
+    """The method's other stages on HierarchicalPrune's selection: PWP + SGDistill, then 4 bits."""
+    from .distill import distill_demo
+    from .quantize import quantize_dir
+    from .schema import load_plan_file
+
+    say(f"   distill: PWP + SGDistill (inverse), {steps} steps")
+    distilled = pruned.parent / "distilled"
+    if force or not distilled.is_dir():
+        distill_demo(pruned, distilled, steps=steps, weight="sensitivity", mode="inverse", table=table, force=True)
+    rows = [evaluate_row("+ distill", distilled)]
+    for scheme in ("nf4", "int4"):
+        say(f"   quantize: {scheme}")
+        quantized = pruned.parent / f"quantized-{scheme}"
+        if force and quantized.is_dir():
+            import shutil
+
+            shutil.rmtree(quantized)
+        if not quantized.is_dir():
+            quantize_dir(distilled, quantized, load_plan_file(distilled / "plan.json"), scheme=scheme)
+        rows.append(evaluate_row(f"+ distill + {scheme}", quantized))
     return rows
 
 
@@ -104,9 +134,11 @@ def _evaluate_row(method: str, spec: Path, pruned_dir: Path, subject: Any, promp
 
     model = load_pretrained(pruned_dir)
     result = evaluate(subject.generator_for(model), subject.scorer, prompts, list(seeds), reference)
-    write_text_atomic(out / f"eval-{method}.json", dumps_json(result))
+    slug = "-".join(w for w in method.replace("+", " ").split())
+    write_text_atomic(out / f"eval-{slug}.json", dumps_json(result))
     plan = load_plan_file(pruned_dir / "plan.json")
-    return Row(method, spec, plan.kept_fraction, plan.bytes.after_prune, _metrics(result), float(result["degradation"]))
+    nbytes = plan.bytes.after_quantize if plan.quantize is not None and plan.bytes.after_quantize else plan.bytes.after_prune
+    return Row(method, spec, plan.kept_fraction, nbytes, _metrics(result), float(result["degradation"]))
 
 
 def _metrics(result: dict[str, Any]) -> dict[str, float]:

@@ -113,10 +113,16 @@ def test_eval_of_a_compiled_model_against_the_original(cli, tmp_path: Path, one_
 def test_demo_runs_every_method_at_the_same_budget(tmp_path: Path, one_thread) -> None:
     from hpspec.tour import run_demo, table_text
 
-    rows = run_demo(tmp_path, keep=0.8, seeds=(0,), prompts=PROMPTS, say=lambda _: None)
-    assert [r.method for r in rows] == ["original", "hierarchical", "koala", "bksdm"]
+    rows = run_demo(tmp_path, keep=0.8, seeds=(0,), prompts=PROMPTS, say=lambda _: None, distill_steps=3)
+    names = ["original", "hierarchical", "+ distill", "+ distill + nf4", "+ distill + int4", "koala", "bksdm"]
+    assert [r.method for r in rows] == names
     for row in rows[1:]:
         assert row.params_kept < 0.8 and row.degradation is not None
-        assert (tmp_path / f"{row.method}.hps").is_file() and (tmp_path / row.method / "pruned" / "plan.json").is_file()
+    for method in ("hierarchical", "koala", "bksdm"):
+        assert (tmp_path / f"{method}.hps").is_file() and (tmp_path / method / "pruned" / "plan.json").is_file()
+    by_name = {r.method: r for r in rows}
+    assert by_name["+ distill"].weight_bytes == by_name["hierarchical"].weight_bytes
+    assert by_name["+ distill + nf4"].weight_bytes * 5 < by_name["+ distill"].weight_bytes
+    assert (tmp_path / "hierarchical" / "distilled" / "scales.json").is_file()  # SGDistill ran
     text = table_text(rows)
     assert text.splitlines()[0].split() == ["method", "params", "kept", "weights", "prompt", "accuracy", "quality", "degradation"]
