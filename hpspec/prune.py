@@ -270,6 +270,11 @@ def _load_weights(model: nn.Module, shards: Sequence[Path], directory: Path, dty
     missing = sorted(expected - loaded - built)
     if missing:
         raise CheckpointError(f"{directory}: the files lack {missing[0]!r} ({len(missing)} tensors in all)")
+    require_loaded(model, directory)
+
+
+def require_loaded(model: nn.Module, directory: Path) -> None:
+    """Every parameter and buffer came from the files (none left on the meta device)."""
     on_meta = next((n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta), None)
     if on_meta is not None:
         raise CheckpointError(f"{directory}: {on_meta!r} was not loaded from the files")

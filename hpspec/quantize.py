@@ -445,9 +445,9 @@ def _load_tensors(model: nn.Module, quantized: Mapping[str, nn.Module], module: 
         model.load_state_dict(state, strict=False, assign=True)
     except RuntimeError as error:
         raise CheckpointError(f"{directory}: does not fit the quantized model: {str(error).splitlines()[-1].strip()}") from None
-    on_meta = next((n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta), None)
-    if on_meta is not None:
-        raise CheckpointError(f"{directory}: {on_meta!r} was not loaded from the files")
+    from .prune import require_loaded
+
+    require_loaded(model, directory)
 
 
 def _check_count(model: nn.Module, quantized: Mapping[str, nn.Module], plan: Plan, directory: Path) -> None:
