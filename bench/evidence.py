@@ -13,7 +13,7 @@ per row (prompt accuracy, quality, degradation against the unpruned model), para
 weight bytes and compute time, and writes the rows as JSON (the report's evidence table).
 
     python bench/evidence.py --out evidence            # the full run (about 40 minutes on 2 cores)
-    python bench/evidence.py --out /tmp/e --quick      # one row, a few steps (what the test runs)
+    python bench/evidence.py --out evidence-quick --quick     # one row, a few steps (what the test runs)
 """
 
 from __future__ import annotations

@@ -671,7 +671,7 @@ def _write(job: Job, given: StageInput, tmp: Path) -> dict[str, Any]:
 
 
 def _stage_out(tmp: Path) -> Path:
-    """The output path a temporary sibling `.NAME.hpspec-tmp-XXXX` will be renamed to."""
+    """The output path a temporary sibling (`.NAME.hpspec-tmp-` and a random suffix) will be renamed to."""
     from .io import TMP_MARKER
 
     name = tmp.name
