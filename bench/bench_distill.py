@@ -39,10 +39,10 @@ def main() -> None:
 
     import torch
 
-    from hpspec.cli import main as hpspec
-    from hpspec.distill import distill_demo
-    from hpspec.evaluate import evaluate_demo
-    from hpspec.prune import load_pretrained
+    from hpspec.cli.app import main as hpspec
+    from hpspec.method.distill.train import distill_demo
+    from hpspec.method.evaluate import evaluate_demo
+    from hpspec.weights.prune import load_pretrained
 
     torch.set_num_threads(args.threads)
     out: Path = args.out

@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from hpspec.graph import tensors_from_config
-from hpspec.safetensors_header import DTYPE_BYTES
+from hpspec.model.graph import tensors_from_config
+from hpspec.model.safetensors_header import DTYPE_BYTES
 
 GOAL_RATIO = 1.25
 GOAL_RSS_MB = 300

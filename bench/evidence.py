@@ -29,15 +29,15 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from hpspec.analyze import Settings, analyze, demo_subject
-from hpspec.cli import main as hpspec
+from hpspec.method.analyze import Settings, analyze, demo_subject
+from hpspec.cli.app import main as hpspec
 from hpspec.demo import default_prompts
-from hpspec.distill import distill_demo
-from hpspec.evaluate import evaluate
-from hpspec.io import dumps_json, write_text_atomic
-from hpspec.prune import load_pretrained
-from hpspec.quantize import quantize_dir
-from hpspec.schema import load_plan_file
+from hpspec.method.distill.train import distill_demo
+from hpspec.method.evaluate import evaluate
+from hpspec.core.io import dumps_json, write_text_atomic
+from hpspec.weights.prune import load_pretrained
+from hpspec.weights.quantize import quantize_dir
+from hpspec.plan.schema import load_plan_file
 
 # Fixed before any row was measured: the same for every row.
 TRAINING = {"steps": 300, "lr": 1e-4, "batch": 64}

@@ -30,7 +30,7 @@ from typing import Sequence
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # the corpora live beside the tests that use them too
 
-from hpspec.faults import ACTIONS, POINTS  # noqa: E402
+from hpspec.core.faults import ACTIONS, POINTS  # noqa: E402
 from tests.hostile_checkpoints import (  # noqa: E402
     CORRUPTIONS,
     SPEC,

@@ -28,13 +28,8 @@ from hpspec.demo.prompts import UNSEEN_TEMPLATES, default_prompts, prompts_for
 from hpspec.demo.sampler import DemoGenerator
 from hpspec.demo.scorer import DemoScorer, save_classifier, save_stats
 from hpspec.demo.text import load_text_encoder
-from hpspec.demo.training import (
-    TransformerTraining,
-    real_feature_stats,
-    train_classifier,
-    train_transformer,
-)
-from hpspec.evaluate import evaluate
+from hpspec.demo.training import TransformerTraining, real_feature_stats, train_classifier, train_transformer
+from hpspec.method.evaluate import evaluate
 
 
 def parse_args() -> argparse.Namespace:

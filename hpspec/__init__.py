@@ -8,17 +8,17 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
+from hpspec.core.version import __version__
 
 __all__ = ["__version__", "parse", "check", "compile_plan", "plan_spec", "apply", "load_pretrained"]
 
 _LAZY = {
-    "parse": ("hpspec.parse", "parse"),
-    "check": ("hpspec.check", "check"),
-    "compile_plan": ("hpspec.plan", "compile_plan"),
-    "plan_spec": ("hpspec.plan", "plan_spec"),
-    "apply": ("hpspec.prune", "apply"),
-    "load_pretrained": ("hpspec.prune", "load_pretrained"),
+    "parse": ("hpspec.lang.parse", "parse"),
+    "check": ("hpspec.plan.check", "check"),
+    "compile_plan": ("hpspec.plan.plan", "compile_plan"),
+    "plan_spec": ("hpspec.plan.plan", "plan_spec"),
+    "apply": ("hpspec.weights.prune", "apply"),
+    "load_pretrained": ("hpspec.weights.prune", "load_pretrained"),
 }
 
 

@@ -25,7 +25,7 @@ class CliResult:
 @pytest.fixture
 def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., CliResult]:
     """Run `hpspec ARGS...` in-process; returns exit code, stdout and stderr."""
-    from hpspec.cli import main
+    from hpspec.cli.app import main
 
     def run(*args: str) -> CliResult:
         capsys.readouterr()

@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
-from hpspec.errors import HpspecError
-from hpspec.faults import ENV as FAULT_ENV, InjectedFault
-from hpspec.graph import tensors_from_config
-from hpspec.io import TMP_MARKER
-from hpspec.safetensors_header import read_header
+from hpspec.core.errors import HpspecError
+from hpspec.core.faults import ENV as FAULT_ENV, InjectedFault
+from hpspec.model.graph import tensors_from_config
+from hpspec.core.io import TMP_MARKER
+from hpspec.model.safetensors_header import read_header
 
 REPO = Path(__file__).resolve().parent.parent
 WEIGHTS = "diffusion_pytorch_model"
@@ -339,7 +339,7 @@ class Run:
 
 def compile_in_process(spec: Path, model: Path, out: Path, *flags: str) -> Run:
     """`hpspec compile` through the CLI's main, its output captured."""
-    from hpspec.cli import main
+    from hpspec.cli.app import main
 
     stdout, stderr = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):

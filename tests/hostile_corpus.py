@@ -19,14 +19,14 @@ from pathlib import Path
 from random import Random
 from typing import Callable, Iterator, Mapping, Sequence, TypeVar
 
-from hpspec import syntax
-from hpspec.check import COMPUTE_DTYPES, DISTILL_OPTIONS, SCHEMES, DistillOption, check, load_target
-from hpspec.errors import HpspecError
-from hpspec.fmt import format_source, quote, statement_text
-from hpspec.graph import ModelGraph, resolve_target, target_names
-from hpspec.io import read_text_input
-from hpspec.parse import parse
-from hpspec.plan import compile_plan
+from hpspec.lang import syntax
+from hpspec.plan.check import COMPUTE_DTYPES, DISTILL_OPTIONS, SCHEMES, DistillOption, check, load_target
+from hpspec.core.errors import HpspecError
+from hpspec.lang.fmt import format_source, quote, statement_text
+from hpspec.model.graph import ModelGraph, resolve_target, target_names
+from hpspec.core.io import read_text_input
+from hpspec.lang.parse import parse
+from hpspec.plan.plan import compile_plan
 
 TARGETS = ("sd3.5-large-turbo", "sd3.5-medium", "flux.1-schnell", "demo")
 MODULES = ("context_embedder", "proj_out", "norm_out.linear", "pos_embed", "nonexistent.module", "transformer_blocks.0.attn")

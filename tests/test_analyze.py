@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from hpspec.analyze import Settings, analyze, demo_subject
+from hpspec.method.analyze import Settings, analyze, demo_subject
 from hpspec.demo import default_prompts
-from hpspec.evaluate import evaluate
-from hpspec.sensitivity import load_table, settings_hash
+from hpspec.method.evaluate import evaluate
+from hpspec.method.sensitivity import load_table, settings_hash
 
 from .conftest import REPO
 
@@ -111,7 +111,7 @@ def test_eval_of_a_compiled_model_against_the_original(cli, tmp_path: Path, one_
 
 
 def test_demo_runs_every_method_at_the_same_budget(tmp_path: Path, one_thread) -> None:
-    from hpspec.tour import run_demo, table_text
+    from hpspec.cli.demo import run_demo, table_text
 
     rows = run_demo(tmp_path, keep=0.8, seeds=(0,), prompts=PROMPTS, say=lambda _: None, distill_steps=3)
     names = ["original", "hierarchical", "+ distill", "+ distill + nf4", "+ distill + int4", "koala", "bksdm"]

@@ -16,8 +16,8 @@ pytest.importorskip("diffusers")
 
 from torch import nn  # noqa: E402
 
-from hpspec.errors import HpspecError, PlanError  # noqa: E402
-from hpspec.prune import apply  # noqa: E402
+from hpspec.core.errors import HpspecError, PlanError  # noqa: E402
+from hpspec.weights.prune import apply  # noqa: E402
 
 from .tiny_models import build, forward, inputs, isolated, plan_for, state, swap  # noqa: E402
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from hpspec.check import check, load_target
-from hpspec.errors import SpecError
-from hpspec.graph import graph_from_builtin
-from hpspec.parse import parse
+from hpspec.plan.check import check, load_target
+from hpspec.core.errors import SpecError
+from hpspec.model.graph import graph_from_builtin
+from hpspec.lang.parse import parse
 
 from .conftest import GOLDEN, REPO, assert_golden
 

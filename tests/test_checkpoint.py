@@ -22,8 +22,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
 import hpspec  # noqa: E402
-from hpspec.prune import apply, load_pretrained  # noqa: E402
-from hpspec.safetensors_header import read_header  # noqa: E402
+from hpspec.weights.prune import apply, load_pretrained  # noqa: E402
+from hpspec.model.safetensors_header import read_header  # noqa: E402
 
 from .conftest import CliResult  # noqa: E402
 from .tiny_models import build, forward, isolated, plan_for, same_tensors, save, state  # noqa: E402
@@ -150,7 +150,7 @@ def test_load_pretrained_takes_every_parameter_from_the_files(
     tensors = load_file(shard)
     tensors.pop(sorted(tensors)[0])
     save_file(tensors, shard)
-    with pytest.raises(hpspec.errors.CheckpointError, match="lack"):
+    with pytest.raises(hpspec.core.errors.CheckpointError, match="lack"):
         load_pretrained(tmp_path / "broken")
 
 
@@ -251,7 +251,7 @@ def test_pipeline_root_and_hugging_face_snapshot(cli: Callable[..., CliResult], 
 
 
 def test_source_digests_are_remembered_per_file_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import hpspec.checkpoint as checkpoint
+    import hpspec.weights.checkpoint as checkpoint
 
     monkeypatch.setenv("HPSPEC_CACHE_DIR", str(tmp_path / "cache"))
     shard = tmp_path / "a.safetensors"
@@ -277,7 +277,7 @@ def test_source_digests_are_remembered_per_file_state(tmp_path: Path, monkeypatc
 def test_output_is_atomic_and_inputs_are_never_modified(
     cli: Callable[..., CliResult], tmp_path: Path, checkpoints: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import hpspec.checkpoint as checkpoint
+    import hpspec.weights.checkpoint as checkpoint
 
     source = checkpoints["sd3"]
     before = tree_digest(source)

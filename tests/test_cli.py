@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from hpspec.schema import load_plan
+from hpspec.plan.schema import load_plan
 
 from .conftest import REPO
 

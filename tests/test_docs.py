@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from hpspec.arch import FAMILIES, architecture, builtin_models
-from hpspec.check import DISTILL_OPTIONS, SCHEMES
-from hpspec.fmt import format_source
-from hpspec.plan import QUANTIZE_BACKENDS
+from hpspec.model.arch import FAMILIES, architecture, builtin_models
+from hpspec.plan.check import DISTILL_OPTIONS, SCHEMES
+from hpspec.lang.fmt import format_source
+from hpspec.plan.plan import QUANTIZE_BACKENDS
 
 from .conftest import GOLDEN, REPO
 

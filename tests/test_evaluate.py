@@ -17,21 +17,11 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
-from hpspec.evaluate import (  # noqa: E402
-    CLIPScorer,
-    DiffusersPipelineGenerator,
-    Generator,
-    Scorer,
-    degradation,
-    evaluate,
-    format_result,
-    is_demo_transformer,
-    relative_drops,
-)
+from hpspec.method.evaluate import CLIPScorer, DiffusersPipelineGenerator, Generator, Scorer, degradation, evaluate, format_result, is_demo_transformer, relative_drops
 
 
 def test_import_does_not_load_torch() -> None:
-    code = "import sys, hpspec.evaluate; print('torch' in sys.modules)"
+    code = "import sys, hpspec.method.evaluate; print('torch' in sys.modules)"
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
     )
@@ -249,7 +239,7 @@ def test_clip_scorer_scores_in_unit_interval(
 def test_evaluate_demo_reports_degradation_against_a_reference() -> None:
     """The CLI's path: a demo-shaped directory against a reference directory."""
     from hpspec.demo import default_prompts, load_demo_transformer, transformer_dir
-    from hpspec.evaluate import evaluate_demo
+    from hpspec.method.evaluate import evaluate_demo
 
     prompts = default_prompts()[::2]
     same = evaluate_demo(reference_dir=transformer_dir(), prompts=prompts, seeds=(0,))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hpspec.report import check_evidence
+from hpspec.report.html import check_evidence
 
 from .conftest import REPO
 
@@ -38,9 +38,9 @@ def test_reduced_evidence_run(tmp_path: Path, capsys) -> None:
     for row in rows:
         assert 0 <= row["prompt_accuracy"] <= 1 and 0 <= row["quality"] <= 1
     # Degradation is the mean relative drop against the unpruned model on the same prompts and seeds.
-    from hpspec.analyze import demo_subject
+    from hpspec.method.analyze import demo_subject
     from hpspec.demo import default_prompts
-    from hpspec.evaluate import evaluate
+    from hpspec.method.evaluate import evaluate
 
     subject, _ = demo_subject()
     full = evaluate(subject.generator_for(subject.transformer), subject.scorer, default_prompts()[::4], [0, 1])

@@ -10,8 +10,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from hpspec import apply
-from hpspec.flops import tokens_for
-from hpspec.graph import graph_from_module
+from hpspec.model.flops import tokens_for
+from hpspec.model.graph import graph_from_module
 
 from .tiny_models import FLUX_CONFIG, SD3_CONFIG, build, plan_for
 

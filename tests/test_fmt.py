@@ -11,12 +11,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hpspec.check import SCHEMES, check
-from hpspec.diff import diff_plans
-from hpspec.fmt import format_source
-from hpspec.graph import ModelGraph, resolve_target
-from hpspec.parse import parse
-from hpspec.plan import compile_plan
+from hpspec.plan.check import SCHEMES, check
+from hpspec.plan.diff import diff_plans
+from hpspec.lang.fmt import format_source
+from hpspec.model.graph import ModelGraph, resolve_target
+from hpspec.lang.parse import parse
+from hpspec.plan.plan import compile_plan
 
 from .conftest import GOLDEN, REPO, assert_golden
 

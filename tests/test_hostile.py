@@ -23,29 +23,15 @@ from typing import Iterator
 
 import pytest
 
-from hpspec import faults
-from hpspec.errors import CheckpointError, SpecError
-from hpspec.faults import ENV as FAULT_ENV, POINTS, InjectedFault
-from hpspec.fmt import format_source
-from hpspec.parse import parse
-from hpspec.safetensors_header import read_header
+from hpspec.core import faults
+from hpspec.core.errors import CheckpointError, SpecError
+from hpspec.core.faults import ENV as FAULT_ENV, POINTS, InjectedFault
+from hpspec.lang.fmt import format_source
+from hpspec.lang.parse import parse
+from hpspec.model.safetensors_header import read_header
 
 from .conftest import REPO
-from .hostile_checkpoints import (
-    CORRUPTIONS,
-    PWNED,
-    SPEC,
-    Corruption,
-    clear_error,
-    compile_in_process,
-    compile_in_subprocess,
-    contents,
-    damaged,
-    leftovers,
-    pickle_weights,
-    write_checkpoint,
-    write_safetensors,
-)
+from .hostile_checkpoints import CORRUPTIONS, PWNED, SPEC, Corruption, clear_error, compile_in_process, compile_in_subprocess, contents, damaged, leftovers, pickle_weights, write_checkpoint, write_safetensors
 from .hostile_corpus import HOSTILE_STRINGS, KINDS, Vocabulary, corpus, load_graphs, run_corpus, seed_specs, watchdog
 
 SAMPLE = 1000  # specs per test run; bench/fuzz.py runs 10,000
@@ -137,7 +123,7 @@ def test_numbers_too_long_to_read_are_diagnostics(text: str) -> None:
 def test_paths_the_system_cannot_use_are_one_line_errors(
     tmp_path: Path, good: Path, capsys: pytest.CaptureFixture[str], argv: list[str]
 ) -> None:
-    from hpspec.cli import main
+    from hpspec.cli.app import main
 
     (tmp_path / "long-name.hps").write_text(f"target {'e' * 300}\ndrop blocks[1]\n", encoding="utf-8")
     (tmp_path / "long-path.hps").write_text(f'target "{"e/" * 3000}"\ndrop blocks[1]\n', encoding="utf-8")
@@ -169,7 +155,7 @@ def test_the_good_checkpoint_compiles_and_verifies(tmp_path: Path, good: Path, s
 
 
 def test_prune_verify_refuses_nan(tmp_path: Path, good: Path, spec: Path) -> None:
-    from hpspec.cli import main
+    from hpspec.cli.app import main
 
     nan = next(c for c in CORRUPTIONS if c.name == "nan-weight")
     with damaged(tmp_path, good, nan) as (model, named):
@@ -202,7 +188,7 @@ def _values(dtype: str, count: int, bad: int | None = None, kind: str = "NaN") -
 
 @pytest.mark.parametrize("dtype,kind", [(d, k) for d in FLOATS for k in ("NaN", "infinity") if k == "NaN" or FLOATS[d][2] is not None])
 def test_verify_finds_the_first_bad_element_across_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dtype: str, kind: str) -> None:
-    from hpspec import verify
+    from hpspec.weights import verify
 
     monkeypatch.setattr(verify, "CHUNK_BYTES", 24)  # the bad element lies chunks in
     path = tmp_path / "w.safetensors"
@@ -219,7 +205,7 @@ def test_verify_finds_the_first_bad_element_across_chunks(tmp_path: Path, monkey
 def test_verify_memory_is_bounded(tmp_path: Path) -> None:
     import tracemalloc
 
-    from hpspec import verify
+    from hpspec.weights import verify
 
     path = tmp_path / "big.safetensors"
     size = 64 << 20  # 8x the chunk
@@ -344,8 +330,8 @@ def test_a_full_disk_is_a_clear_error_and_nothing_half_written(
 
 
 def test_pickle_weights_are_refused_everywhere(tmp_path: Path, good: Path, compiled: Path) -> None:
-    from hpspec.cli import main
-    from hpspec.graph import graph_from_path
+    from hpspec.cli.app import main
+    from hpspec.model.graph import graph_from_path
 
     model, pruned = tmp_path / "model", tmp_path / "pruned"
     shutil.copytree(good, model)
@@ -367,7 +353,7 @@ def test_pickle_weights_are_refused_everywhere(tmp_path: Path, good: Path, compi
 
 PLANT = """
 import pickle, sys
-import hpspec.parse as parse
+import hpspec.lang.parse as parse
 marker = sys.argv[1]
 if sys.argv[2] == "lark-default":
     parse._grammar_cache = lambda: True  # lark's own choice: a predictable name in the temp dir
@@ -405,7 +391,7 @@ AUDIT = """
 import json, os, sys
 request = json.load(sys.stdin)
 from hpspec.cli import main
-import hpspec.report, hpspec.checkpoint, hpspec.fmt  # imported before the hook: their code is not the spec's
+import hpspec.report.html, hpspec.weights.checkpoint, hpspec.lang.fmt  # imported before the hook: their code is not the spec's
 WRITE = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 CHANGES = {"os.rename", "os.remove", "os.rmdir", "os.chmod", "os.truncate", "os.utime", "os.symlink", "os.link",
            "os.mkdir", "shutil.rmtree", "shutil.copyfile", "shutil.copymode"}
@@ -516,9 +502,9 @@ class _Structure(HTMLParser):
 
 def _page(tmp_path: Path, strings: list[str]) -> _Structure:
     """A report whose every user-supplied string (comments, file name, target, evidence, prompts) is from `strings`."""
-    from hpspec.cli import main
-    from hpspec.report import load_inputs, render_report
-    from hpspec.report_images import image_grid_payload
+    from hpspec.cli.app import main
+    from hpspec.report.html import load_inputs, render_report
+    from hpspec.report.images import image_grid_payload
 
     directory = tmp_path / hashlib.sha256("".join(strings).encode()).hexdigest()[:8]
     directory.mkdir()

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from hpspec.arch import builtin_models
-from hpspec.fmt import format_source
-from hpspec.graph import resolve_target
+from hpspec.model.arch import builtin_models
+from hpspec.lang.fmt import format_source
+from hpspec.model.graph import resolve_target
 
 STATEMENT = re.compile(r"^# ((?:drop|preserve|distill|quantize) .*)$")
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from hpspec.errors import HpspecError
-from hpspec.io import TMP_MARKER, atomic_directory, write_text_atomic
+from hpspec.core.errors import HpspecError
+from hpspec.core.io import TMP_MARKER, atomic_directory, write_text_atomic
 
 
 def umask() -> int:

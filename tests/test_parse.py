@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from hpspec import syntax as s
-from hpspec.errors import SpecError
-from hpspec.parse import parse
+from hpspec.lang import syntax as s
+from hpspec.core.errors import SpecError
+from hpspec.lang.parse import parse
 
 
 def test_statements_end_at_newlines_and_semicolons() -> None:

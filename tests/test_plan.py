@@ -9,11 +9,11 @@ import pytest
 import torch
 from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
 
-from hpspec.arch import builtin_models
-from hpspec.check import check
-from hpspec.graph import graph_from_builtin
-from hpspec.parse import parse
-from hpspec.plan import Plan, compile_plan, plan_spec
+from hpspec.model.arch import builtin_models
+from hpspec.plan.check import check
+from hpspec.model.graph import graph_from_builtin
+from hpspec.lang.parse import parse
+from hpspec.plan.plan import Plan, compile_plan, plan_spec
 
 from .conftest import REPO
 
@@ -145,14 +145,14 @@ def test_distill_defaults_are_the_reference_recipe() -> None:
 
 
 def test_json_schema_in_docs_is_current() -> None:
-    from hpspec.schema import plan_json_schema
+    from hpspec.plan.schema import plan_json_schema
 
     documented = json.loads((REPO / "docs/plan-schema.json").read_text())
-    assert documented == plan_json_schema(), "regenerate with: python -m hpspec.schema > docs/plan-schema.json"
+    assert documented == plan_json_schema(), "regenerate with: python -m hpspec.plan.schema > docs/plan-schema.json"
 
 
 def test_plans_validate_against_their_schema() -> None:
-    from hpspec.schema import load_plan
+    from hpspec.plan.schema import load_plan
 
     plan = plan_spec(REPO / "specs/sd3.5-large-turbo/moderate.hps")
     assert load_plan(plan.to_json()) == plan

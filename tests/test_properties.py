@@ -5,11 +5,11 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hpspec.check import check
-from hpspec.errors import HpspecError
-from hpspec.graph import graph_from_builtin
-from hpspec.parse import parse
-from hpspec.plan import compile_plan
+from hpspec.plan.check import check
+from hpspec.core.errors import HpspecError
+from hpspec.model.graph import graph_from_builtin
+from hpspec.lang.parse import parse
+from hpspec.plan.plan import compile_plan
 
 GRAPHS = {name: graph_from_builtin(name) for name in ("sd3.5-large-turbo", "sd3.5-medium", "flux.1-schnell")}
 

@@ -16,13 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hpspec.plan import QuantizePlan, plan_spec
-from hpspec.prune import apply, load_pretrained
-from hpspec.quantize import linears, quantize_model
-from hpspec.quantize_layout import payload_bytes, pruned_tensors, quantized_layout, weight_bytes
-from hpspec.safetensors_header import read_header
-from hpspec.schema import load_plan
-from hpspec.stages import compile_model
+from hpspec.plan.plan import QuantizePlan, plan_spec
+from hpspec.weights.prune import apply, load_pretrained
+from hpspec.weights.quantize import linears, quantize_model
+from hpspec.plan.quantize_layout import payload_bytes, pruned_tensors, quantized_layout, weight_bytes
+from hpspec.model.safetensors_header import read_header
+from hpspec.plan.schema import load_plan
+from hpspec.stages.engine import compile_model
 from tests.tiny_models import FLUX_CONFIG, SD3_CONFIG, forward, inputs, isolated, plan_for
 
 SCHEMES = ("nf4", "fp4", "int8", "int4")
@@ -107,10 +107,10 @@ def test_written_tensors_are_the_plans_prediction(compiled: dict, kind: str, sch
 @pytest.mark.parametrize("kind", ["sd3", "flux"])
 def test_layout_from_the_graph_alone(sources: dict[str, Path], compiled: dict, kind: str) -> None:
     """quantize_layout, torch-free from the unpruned graph, names every written tensor exactly."""
-    from hpspec.check import check
-    from hpspec.graph import graph_from_path
-    from hpspec.parse import parse
-    from hpspec.plan import _ops, _stacks
+    from hpspec.plan.check import check
+    from hpspec.model.graph import graph_from_path
+    from hpspec.lang.parse import parse
+    from hpspec.plan.plan import _ops, _stacks
 
     for scheme in SCHEMES:
         checked = check(parse(SPECS[kind].format(scheme=scheme)), graph_from_path(sources[kind]))
@@ -128,9 +128,9 @@ def test_no_fake_four_bit() -> None:
     """Codes and per-block statistics: at most 0.6 bytes a weight, on the real models' shapes."""
     for spec in ("specs/sd3.5-large-turbo/moderate.hps", "specs/flux.1-schnell/example.hps"):
         plan = plan_spec(spec)
-        from hpspec.check import check, load_target
-        from hpspec.parse import parse_file
-        from hpspec.plan import _ops, _stacks
+        from hpspec.plan.check import check, load_target
+        from hpspec.lang.parse import parse_file
+        from hpspec.plan.plan import _ops, _stacks
 
         parsed = parse_file(spec)
         graph = load_target(parsed)
@@ -160,7 +160,7 @@ def test_tiny_payload_is_packed(compiled: dict) -> None:
 
 
 def _quantized(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    from hpspec.quantize import quantized_types
+    from hpspec.weights.quantize import quantized_types
 
     return [(p, m) for p, m in model.named_modules() if isinstance(m, quantized_types())]
 
@@ -234,7 +234,7 @@ def test_whole_model_error_on_the_trained_demo() -> None:
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_round_trip_is_bit_exact(sources: dict[str, Path], compiled: dict, scheme: str) -> None:
     """The model quantized in memory and the one read back: same tensors, same output, bit for bit."""
-    from hpspec.quantize import quantized_state
+    from hpspec.weights.quantize import quantized_state
 
     for kind in ("sd3", "flux"):
         out = compiled[(kind, scheme)]
@@ -281,7 +281,7 @@ def test_exceptions_stay_in_full_precision(sources: dict[str, Path], compiled: d
 
 def test_quantization_composes_with_part_drop_identities(compiled: dict) -> None:
     """The loaded model carries the plan's stand-ins, and equals prune-then-quantize in memory."""
-    from hpspec.prune import IdentityAttention, ParameterFreeAdaNorm
+    from hpspec.weights.prune import IdentityAttention, ParameterFreeAdaNorm
 
     out = compiled[("sd3", "int8")]
     loaded = load_pretrained(out)
@@ -312,7 +312,7 @@ def test_same_files_as_diffusers_own_save(tmp_path: Path, sources: dict[str, Pat
     from diffusers import BitsAndBytesConfig, QuantoConfig, SD3Transformer2DModel
     from safetensors.torch import load_file
 
-    from hpspec.quantize import quantize_dir
+    from hpspec.weights.quantize import quantize_dir
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
@@ -352,7 +352,7 @@ def test_same_files_as_diffusers_own_save(tmp_path: Path, sources: dict[str, Pat
 def test_int4_never_compiles_and_unpacks_as_quanto() -> None:
     from optimum.quanto.library.extensions.cpp import ext
 
-    from hpspec.quantize_quanto import unpack
+    from hpspec.weights.backends.quanto import unpack
 
     packed = torch.randint(0, 256, (33, 7), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     default = torch._C.DispatchKeySet(torch._C.DispatchKey.CompositeExplicitAutograd)

@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from hpspec.plan import Plan, plan_spec
-from hpspec.report import ReportInputs, build_page, render_report, split_comment
-from hpspec.report_blockmap import spans
-from hpspec.report_images import ImageError, image_grid_payload, png_bytes
-from hpspec.schema import load_plan
+from hpspec.plan.plan import Plan, plan_spec
+from hpspec.report.html import ReportInputs, build_page, render_report, split_comment
+from hpspec.report.blockmap import spans
+from hpspec.report.images import ImageError, image_grid_payload, png_bytes
+from hpspec.plan.schema import load_plan
 
 from .conftest import REPO
 
@@ -179,7 +179,7 @@ def test_against_an_older_plan(cli, aggressive: Plan) -> None:
 
 
 def test_sensitivity_heatmap_marks_dropped_cells(aggressive: Plan) -> None:
-    from hpspec.sensitivity import load_table
+    from hpspec.method.sensitivity import load_table
 
     section = build_page(ReportInputs(aggressive, sensitivity=load_table(TABLE)))["sensitivity"]
     svg = str(section["maps"][0]["svg"])

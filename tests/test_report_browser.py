@@ -18,9 +18,9 @@ from typing import Any, Iterator
 
 import pytest
 
-from hpspec.cli import main
-from hpspec.graph import resolve_target
-from hpspec.report_images import image_grid_payload
+from hpspec.cli.app import main
+from hpspec.model.graph import resolve_target
+from hpspec.report.images import image_grid_payload
 
 from .conftest import REPO
 

@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
 import hpspec  # noqa: E402
-from hpspec.stages import STAGES  # noqa: E402
+from hpspec.stages.engine import STAGES  # noqa: E402
 
 from .conftest import REPO, CliResult  # noqa: E402
 from .tiny_models import build, forward, isolated, plan_for, same_tensors, save, state  # noqa: E402
@@ -143,9 +143,9 @@ def test_output_overlapping_the_input_is_refused(cli: Callable[..., CliResult], 
 def test_model_demo_resolves_to_the_demo_directory(
     cli: Callable[..., CliResult], tmp_path: Path, model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import hpspec.graph
+    import hpspec.model.graph
 
-    monkeypatch.setattr(hpspec.graph, "demo_directory", lambda: model)
+    monkeypatch.setattr(hpspec.model.graph, "demo_directory", lambda: model)
     result = cli("compile", write_spec(tmp_path, SPEC), "--model", "demo", "--out", tmp_path / "out")
     assert result.code == 0, result.err
     assert json.loads((tmp_path / "out" / "pruned" / "provenance.json").read_text())["source_model"] == str(model)

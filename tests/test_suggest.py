@@ -9,11 +9,11 @@ import pytest
 import torch
 from diffusers import SD3Transformer2DModel
 
-from hpspec.arch import builtin_models
-from hpspec.check import Item
-from hpspec.graph import graph_from_builtin
-from hpspec.sensitivity import Cosine, Entry, ScorerInfo, SensitivityTable, TargetRef, import_reference, table_from_json
-from hpspec.suggest import suggest
+from hpspec.model.arch import builtin_models
+from hpspec.plan.check import Item
+from hpspec.model.graph import graph_from_builtin
+from hpspec.method.sensitivity import Cosine, Entry, ScorerInfo, SensitivityTable, TargetRef, import_reference, table_from_json
+from hpspec.method.suggest import suggest
 
 from .conftest import REPO
 

@@ -17,10 +17,10 @@ import pytest
 import torch
 from torch import nn
 
-from hpspec.check import check
-from hpspec.graph import graph_from_module, graph_from_path
-from hpspec.parse import parse
-from hpspec.plan import Plan, compile_plan
+from hpspec.plan.check import check
+from hpspec.model.graph import graph_from_module, graph_from_path
+from hpspec.lang.parse import parse
+from hpspec.plan.plan import Plan, compile_plan
 
 SD3_CONFIG: dict[str, Any] = dict(
     sample_size=16, patch_size=2, in_channels=4, num_layers=6, attention_head_dim=8, num_attention_heads=4,

@@ -16,15 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from hpspec.demo.paths import (
-    CLASSIFIER_FILE,
-    DEMO_DIR,
-    REAL_STATS_FILE,
-    TRAINING_RECORD,
-    TRANSFORMER_DIR,
-    WEIGHTS_DIR,
-    transformer_dir,
-)
+from hpspec.demo.paths import CLASSIFIER_FILE, DEMO_DIR, REAL_STATS_FILE, TRAINING_RECORD, TRANSFORMER_DIR, WEIGHTS_DIR, transformer_dir
 from hpspec.demo.prompts import PROMPTS_FILE, default_prompts, digit_of, read_prompts
 
 if TYPE_CHECKING:

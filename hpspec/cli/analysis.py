@@ -1,0 +1,243 @@
+"""`hpspec analyze` and `hpspec suggest`: sensitivity tables, and specs chosen from them."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from hpspec.core.errors import SpecError, UsageError
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    analyze = commands.add_parser("analyze", help="measure (or import) what removing each block and part costs")
+    analyze.add_argument("--model", help="the model to measure: `demo` or a demo-shaped transformer directory")
+    analyze.add_argument("--parts", action="store_true", help="also remove each part of each block")
+    analyze.add_argument("--prompts", metavar="FILE", help="one prompt a line (default: the demo's fixed set)")
+    analyze.add_argument("--seeds", type=int, default=1, help="seeds per prompt (0, 1, ...)")
+    analyze.add_argument("--steps", type=int, help="sampling steps (default: the generator's)")
+    analyze.add_argument("--import-reference", metavar="FILE", help="the reference code's released table (BLOCK<tab>PART: score)")
+    analyze.add_argument("--full-score", type=float, help="the unpruned model's score (with --import-reference)")
+    analyze.add_argument("--scorer", default="hpsv2", help="the metric the imported table measured")
+    analyze.add_argument("--target", help="the model the table was measured on")
+    analyze.add_argument("-o", "--output", required=True, help="the table to write (JSON)")
+    analyze.set_defaults(handler=cmd_analyze)
+
+    suggest = commands.add_parser("suggest", help="write an explicit spec for a parameter budget")
+    suggest.add_argument("--method", choices=("hierarchical", "koala", "bksdm"), default="hierarchical")
+    suggest.add_argument("--target", required=True)
+    suggest.add_argument("--sensitivity", required=True, metavar="TABLE")
+    suggest.add_argument("--keep", type=float, required=True, help="fraction of parameters to keep, e.g. 0.71")
+    suggest.add_argument("--blocks", help='whole blocks dropped as given, e.g. "25:29,31:35"')
+    suggest.add_argument("--within", help='where parts may be removed, e.g. "13:19"')
+    suggest.add_argument("--exclude", default="", help="part kinds never removed, comma-separated, e.g. attn")
+    suggest.add_argument("--position-weight", action="store_true", help="rank by the paper's position-weighted ΔP")
+    suggest.add_argument("-o", "--output", help="the spec to write (default: stdout)")
+    suggest.set_defaults(handler=cmd_suggest)
+
+    evaluate = commands.add_parser("eval", help="prompt accuracy, quality, degradation, size and latency of a model")
+    evaluate.add_argument("--model", required=True, help="`demo`, or a (pruned) demo-shaped transformer directory")
+    evaluate.add_argument("--reference", help="the unpruned model, for degradation")
+    evaluate.add_argument("--prompts", metavar="FILE")
+    evaluate.add_argument("--seeds", type=int, default=4)
+    evaluate.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    evaluate.add_argument("-o", "--output", help="also write the JSON here")
+    evaluate.set_defaults(handler=cmd_eval)
+
+    demo = commands.add_parser("demo", help="the whole method on the embedded demo model: analyze, suggest, compile, evaluate")
+    demo.add_argument("--out", default="hpspec-demo", help="where the tables, specs, plans and models go")
+    demo.add_argument("--keep", type=float, default=0.75, help="fraction of parameters every method keeps")
+    demo.add_argument("--force", action="store_true", help="re-measure and recompile")
+    demo.set_defaults(handler=cmd_demo)
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from hpspec.model.graph import resolve_target
+    from hpspec.core.io import read_json_input, write_text_atomic
+    from hpspec.method.sensitivity import import_reference
+
+    if args.import_reference is None:
+        return _measure(args)
+    if args.full_score is None or args.target is None:
+        raise UsageError("hpspec analyze --import-reference needs --full-score and --target")
+    graph = resolve_target(args.target, Path("."))
+    data = read_json_input(Path(args.import_reference), "reference sensitivity table")
+    report = import_reference(data, graph, args.full_score, args.import_reference, args.scorer)
+    for skipped in report.skipped:
+        sys.stderr.write(f"warning: skipped {skipped}\n")
+    write_text_atomic(Path(args.output), report.table.to_json())
+    sys.stderr.write(f"wrote {args.output}: {len(report.table.entries)} entries for {graph.name}\n")
+    return 0
+
+
+def cmd_suggest(args: argparse.Namespace) -> int:
+    from hpspec.model.graph import resolve_target
+    from hpspec.method.sensitivity import check_table_fits, load_table
+    from hpspec.method.suggest import render_spec, suggest
+
+    graph = resolve_target(args.target, Path("."))
+    table = load_table(Path(args.sensitivity))
+    check_table_fits(table, graph, args.sensitivity)
+    blocks = _selection(args.blocks, graph, "--blocks") if args.blocks else ()
+    within = _selection(args.within, graph, "--within") if args.within else None
+    exclude = [w.strip() for w in args.exclude.split(",") if w.strip()]
+    unknown = [w for w in exclude if w not in graph.arch.words]
+    if unknown:
+        raise UsageError(f"--exclude: unknown part kind {unknown[0]!r}; kinds: {', '.join(graph.arch.words)}")
+    result = suggest(args.method, graph, table, args.keep, blocks, within, exclude, args.position_weight)
+    output = Path(args.output) if args.output else None
+    target_line = _target_line(args.target, output)
+    table_path = Path(args.sensitivity)
+    note = f"table {table_path.name} (scorer {table.scorer.name}, full score {table.full_score:g})"
+    extra = ["preserve auto"]
+    if args.method == "hierarchical":
+        extra.append(f'distill weight=sensitivity table="{_relative(table_path, output)}"')
+    text = render_spec(result, target_line, _command_line(args), note, extra)
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        from hpspec.core.io import write_text_atomic
+
+        write_text_atomic(output, text)
+        sys.stderr.write(f"wrote {output}: {result.kept_fraction:.4f} of parameters kept\n")
+    return 0
+
+
+def _selection(text: str, graph, option: str):
+    """`25:29,31:35` (the first stack) or full selectors like `single_blocks[3:9]`, resolved."""
+    from hpspec.plan.check import check
+    from hpspec.lang.parse import parse
+
+    selectors = text if "[" in text else f"{graph.stacks[0].name}[{text}]"
+    try:
+        return check(parse(f"drop {selectors}\n", option), graph).drops
+    except SpecError as error:
+        raise UsageError(f"{option} {text!r}: " + "; ".join(d.message for d in error.diagnostics)) from None
+
+
+def _target_line(target: str, output: Path | None) -> str:
+    from hpspec.model.graph import target_names
+
+    if target in target_names():
+        return f"target {target}"
+    return f'target "{_relative(Path(target), output)}"'
+
+
+def _relative(path: Path, output: Path | None) -> str:
+    import os
+
+    base = output.parent if output is not None else Path(".")
+    return Path(os.path.relpath(path.resolve(), base.resolve())).as_posix()
+
+
+def _command_line(args: argparse.Namespace) -> str:
+    parts = ["hpspec suggest", f"--method {args.method}", f"--target {shlex.quote(args.target)}",
+             f"--sensitivity {shlex.quote(Path(args.sensitivity).name)}", f"--keep {args.keep}"]  # fmt: skip
+    if args.blocks:
+        parts.append(f"--blocks {shlex.quote(args.blocks)}")
+    if args.within:
+        parts.append(f"--within {shlex.quote(args.within)}")
+    if args.exclude:
+        parts.append(f"--exclude {shlex.quote(args.exclude)}")
+    if args.position_weight:
+        parts.append("--position-weight")
+    return " ".join(parts)
+
+
+
+def _measure(args: argparse.Namespace) -> int:
+    from hpspec.method.analyze import Settings, analyze, demo_subject
+    from hpspec.method.distill.train import process_state
+
+    if args.model is None:
+        raise UsageError("hpspec analyze: give --model (demo or a directory), or --import-reference FILE")
+    subject, knobs = demo_subject(_demo_dir(args.model), steps=args.steps)
+    settings = Settings(_prompts(args.prompts), list(range(args.seeds)), args.parts, knobs)
+    state = process_state()
+    table = analyze(subject, settings, Path(args.output), rank=state.process_index, world=state.num_processes,
+                    barrier=state.wait_for_everyone)  # fmt: skip
+    if table is not None:
+        sys.stderr.write(f"wrote {args.output}: {len(table.entries)} entries, full score {table.full_score:.4f}\n")
+    return 0
+
+
+def _demo_dir(model: str) -> Path | None:
+    """None for the shipped demo; a directory must be demo-shaped (other models need a pipeline)."""
+    from hpspec.method.evaluate import is_demo_transformer
+    from hpspec.model.graph import DEMO
+
+    if model == DEMO:
+        return None
+    path = Path(model)
+    if not is_demo_transformer(path):
+        raise UsageError(
+            f"{model}: not a demo-shaped transformer directory; measuring SD3/FLUX needs their pipeline and a "
+            "CLIP scorer (hpspec.evaluate.DiffusersPipelineGenerator, CLIPScorer) through the Python API"
+        )
+    return path
+
+
+def _prompts(path: str | None) -> list[str]:
+    from hpspec.demo import default_prompts, read_prompts
+
+    return read_prompts(path) if path else default_prompts()
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from hpspec.method.evaluate import evaluate_demo, format_result
+    from hpspec.weights.prune import load_pretrained
+
+    model = _demo_dir(args.model)
+    reference = _demo_dir(args.reference) if args.reference else None
+    if args.reference == "demo":
+        from hpspec.demo import transformer_dir
+
+        reference = transformer_dir()
+    result = evaluate_demo(
+        model,
+        reference_dir=reference,
+        prompts=_prompts(args.prompts),
+        seeds=list(range(args.seeds)),
+        load_transformer=_loader(load_pretrained),
+        progress=True,
+    )
+    result["parameters"], result["weight_bytes"] = _size(model)
+    text = json.dumps(result, indent=2, sort_keys=True) + "\n"
+    if args.output:
+        from hpspec.core.io import write_text_atomic
+
+        write_text_atomic(Path(args.output), text)
+    sys.stdout.write(text if args.json else format_result(result) + f"\nparameters             {result['parameters']:,}\n")
+    return 0
+
+
+def _loader(load_pretrained):
+    """hpspec's loader for pruned stage directories (they carry plan.json), diffusers' otherwise."""
+
+    def load(path: Path):
+        from hpspec.demo.model import load_demo_transformer
+
+        return load_pretrained(path) if (path / "plan.json").is_file() else load_demo_transformer(path)
+
+    return load
+
+
+def _size(model: Path | None) -> tuple[int, int]:
+    from hpspec.demo import transformer_dir
+    from hpspec.model.graph import graph_from_path
+
+    graph = graph_from_path(model or transformer_dir())
+    return graph.params, graph.nbytes
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from hpspec.cli.demo import run_demo, table_text
+
+    out = Path(args.out)
+    rows = run_demo(out, keep=args.keep, say=lambda line: sys.stderr.write(line + "\n"), force=args.force)
+    sys.stdout.write(table_text(rows))
+    sys.stdout.write(f"\nspecs, plans, tables and models are in {out}/\n")
+    return 0

@@ -1,0 +1,204 @@
+"""The `hpspec` command: a thin shell over the library.
+
+Exit codes: 0 success (warnings allowed unless --strict), 1 spec or input errors, 2 usage.
+Each command group registers itself from its own module; commands that need torch import it
+inside their handler, so `check`, `plan`, `graph`, `fmt` and `diff` stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from hpspec.core.version import __version__
+from hpspec.core.diagnostics import Diagnostic
+from hpspec.core.errors import HpspecError, SpecError, UsageError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's own usage errors: exit 2, one line
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="hpspec", description="Compile compression specs for diffusion transformers.")
+    parser.add_argument("--version", action="version", version=f"hpspec {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+    _register_core(commands)
+    for register in _command_groups():
+        register(commands)
+    return parser
+
+
+def _command_groups() -> list[Callable[[argparse._SubParsersAction], None]]:
+    """Other modules' commands (review workflow, stages, demo), registered in this order."""
+    from hpspec.cli import groups as cli_groups
+
+    return cli_groups.REGISTRARS
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        handler: Handler = args.handler
+        return handler(args)
+    except SpecError as error:
+        sys.stdout.write(error.render() + "\n")
+        return error.exit_code
+    except HpspecError as error:
+        sys.stderr.write(f"error: {error}\n")
+        return error.exit_code
+    except OSError as error:  # the environment: a missing directory, a full disk, a name too long
+        where = f"{os.fsdecode(error.filename)}: " if isinstance(error.filename, (str, bytes, os.PathLike)) else ""
+        sys.stderr.write(f"error: {where}{error.strerror or error}\n")
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+def write_output(text: str, output: str | None) -> None:
+    """To stdout, or atomically to a file."""
+    if output in (None, "-"):
+        sys.stdout.write(text)
+        return
+    from hpspec.core.io import write_text_atomic
+
+    write_text_atomic(Path(output), text)
+
+
+# --------------------------------------------------------------------------------------------
+# check, plan, graph
+
+
+def _register_core(commands: argparse._SubParsersAction) -> None:
+    check = commands.add_parser("check", help="check specs against their target's model graph")
+    check.add_argument("files", nargs="+", metavar="FILE")
+    check.add_argument("--target", help="a built-in target or a model path; wins over the spec's `target`")
+    check.add_argument("--strict", action="store_true", help="warnings fail too")
+    check.add_argument("--format", choices=("text", "json", "github"), default="text")
+    check.set_defaults(handler=cmd_check)
+
+    plan = commands.add_parser("plan", help="compile a spec into an explicit plan")
+    plan.add_argument("file", metavar="FILE")
+    plan.add_argument("--target")
+    plan.add_argument("--format", choices=("text", "json"), default="text")
+    plan.add_argument("-o", "--output", help="write the plan here (atomically) instead of stdout")
+    plan.set_defaults(handler=cmd_plan)
+
+    graph = commands.add_parser("graph", help="list a target's blocks and parts with their parameter counts")
+    graph.add_argument("target", metavar="TARGET")
+    graph.add_argument("--format", choices=("text", "json"), default="text")
+    graph.set_defaults(handler=cmd_graph)
+
+
+def check_file(path: str, target: str | None):
+    """parse + target + check one file: (checked spec or None, diagnostics, source, other error)."""
+    from hpspec.plan.check import check, load_target
+    from hpspec.lang.parse import parse_file
+
+    source = None
+    try:
+        spec = parse_file(path, recover=True)
+        source = spec.source
+        checked = check(spec, load_target(spec, target))
+        return checked, checked.diagnostics, source, None
+    except SpecError as error:
+        return None, error.diagnostics, error.source, None
+    except HpspecError as error:
+        return None, (), source, str(error)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from hpspec.plan.summary import diagnostics_github, diagnostics_json, diagnostics_text
+
+    results: list[tuple[str, Sequence[Diagnostic], str | None]] = []
+    failed = False
+    for path in args.files:
+        _, diagnostics, source, error = check_file(path, args.target)
+        errors = sum(d.severity == "error" for d in diagnostics)
+        warnings = len(diagnostics) - errors
+        failed |= bool(errors or error or (args.strict and warnings))
+        results.append((path, diagnostics, error))
+        if args.format == "text":
+            sys.stdout.write(diagnostics_text(diagnostics, source))
+            if error is not None:
+                sys.stdout.write(f"{path}: error: {error}\n")
+            sys.stdout.write(f"{path}: {_tally(errors + (error is not None), warnings)}\n")
+        elif args.format == "github":
+            sys.stdout.write(diagnostics_github(diagnostics))
+            if error is not None:
+                sys.stdout.write(diagnostics_github([Diagnostic("error", error, None, None, path)]))
+    if args.format == "json":
+        sys.stdout.write(diagnostics_json(results))
+    return 1 if failed else 0
+
+
+def _tally(errors: int, warnings: int) -> str:
+    if not errors and not warnings:
+        return "ok"
+    parts = []
+    if errors:
+        parts.append(f"{errors} error{'s' * (errors != 1)}")
+    if warnings:
+        parts.append(f"{warnings} warning{'s' * (warnings != 1)}")
+    return ", ".join(parts)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from hpspec.plan.plan import compile_plan
+    from hpspec.plan.summary import diagnostics_text, plan_text
+
+    checked, diagnostics, source, error = check_file(args.file, args.target)
+    if error is not None:
+        raise HpspecError(error)
+    if checked is None:
+        raise SpecError(diagnostics, source)
+    if diagnostics:
+        sys.stderr.write(diagnostics_text(diagnostics, source))
+    plan = compile_plan(checked)
+    write_output(plan.to_json() if args.format == "json" else plan_text(plan), args.output)
+    return 0
+
+
+def cmd_graph(args: argparse.Namespace) -> int:
+    import json
+
+    from hpspec.model.graph import resolve_target
+    from hpspec.plan.summary import graph_text
+
+    graph = resolve_target(args.target, Path("."))
+    if args.format == "json":
+        data = {
+            "name": graph.name,
+            "family": graph.family,
+            "source": graph.source,
+            "fingerprint": graph.fingerprint,
+            "params": graph.params,
+            "bytes": graph.nbytes,
+            "dtype": graph.dtype,
+            "outside": {o.module: o.params for o in graph.outside},
+            "stacks": {
+                st.name: [
+                    {"index": b.index, "kind": b.kind, "params": b.params, "parts": {p.word: p.params for p in b.parts}}
+                    for b in st.blocks
+                ]
+                for st in graph.stacks
+            },
+        }
+        sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    else:
+        sys.stdout.write(graph_text(graph))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

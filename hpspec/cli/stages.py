@@ -1,0 +1,61 @@
+"""`hpspec compile` and `hpspec prune`: the stages, from the command line.
+
+Neither imports torch: pruning a checkpoint copies bytes (hpspec.checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+MODEL_HELP = "a diffusers transformer directory, a pipeline root, a Hugging Face cache snapshot, or `demo`"
+VERIFY_HELP = "first scan every weight of the input for NaN and infinity (reads all of it, in bounded memory)"
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    compile_ = commands.add_parser("compile", help="run every stage a spec declares on a checkpoint: OUT/pruned, ...")
+    compile_.add_argument("spec", metavar="SPEC")
+    compile_.add_argument("--model", required=True, metavar="DIR", help=MODEL_HELP)
+    compile_.add_argument("--out", required=True, metavar="OUT", help="each stage writes OUT/<stage directory>")
+    compile_.add_argument("--target", help="a built-in target or a model path; wins over the spec's `target`")
+    compile_.add_argument("--force", action="store_true", help="redo finished stages")
+    compile_.add_argument("--no-report", dest="report", action="store_false", help="skip each stage's report.html")
+    compile_.add_argument("--verify", action="store_true", help=VERIFY_HELP)
+    compile_.add_argument("--data", metavar="SOURCE", help="distillation data: `demo`, or a folder of latents (docs/distill.md)")
+    compile_.add_argument("--teacher", metavar="DIR", help="the distillation teacher (default: --model, the original)")
+    compile_.add_argument("--sensitivity", metavar="TABLE", help="sensitivity table for SGDistill (wins over the spec's table=)")
+    compile_.set_defaults(handler=cmd_compile)
+
+    prune = commands.add_parser("prune", help="the prune stage alone: a checkpoint into a pruned checkpoint")
+    prune.add_argument("plan", metavar="SPEC_OR_PLAN", help="a spec, or a plan written by `hpspec plan --format json`")
+    prune.add_argument("--model", required=True, metavar="DIR", help=MODEL_HELP)
+    prune.add_argument("--out", required=True, metavar="DIR", help="the pruned transformer directory to write")
+    prune.add_argument("--target", help="a built-in target or a model path; wins over the spec's `target`")
+    prune.add_argument("--force", action="store_true", help="replace an existing output")
+    prune.add_argument("--verify", action="store_true", help=VERIFY_HELP)
+    prune.set_defaults(handler=cmd_prune)
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from hpspec.stages.engine import compile_model, load_stage_plan, report, resolve_model
+
+    model = resolve_model(args.model)
+    plan, warnings = load_stage_plan(args.spec, model, args.target)
+    sys.stderr.write(warnings)
+    options = {"target": args.target, "report": args.report, "verify": args.verify, "data": args.data,
+               "teacher": args.teacher or args.model, "sensitivity": args.sensitivity}  # fmt: skip
+    result = compile_model(plan, model, Path(args.out), force=args.force, options=options, model_label=args.model)
+    report(result)
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from hpspec.stages.engine import CompileResult, StageInput, load_stage_plan, report, resolve_model, run_stage, stage
+
+    model = resolve_model(args.model)
+    plan, warnings = load_stage_plan(args.plan, model, args.target)
+    sys.stderr.write(warnings)
+    result = run_stage(stage("prune"), StageInput(plan, model, {"verify": args.verify}), Path(args.out), force=args.force)
+    report(CompileResult((result,), None))
+    return 0

@@ -1,0 +1,4 @@
+"""The ground floor: errors (every `HpspecError`), diagnostics, file I/O, fault points, names.
+
+Imports nothing of hpspec's other packages.
+"""

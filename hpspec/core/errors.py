@@ -1,0 +1,47 @@
+"""One error hierarchy for everything hpspec reports to a user: the one home of every error class.
+
+Every failure a user can cause (a wrong spec, a broken checkpoint, a bad command line) is an
+`HpspecError`; anything else escaping hpspec is a bug. Spec problems carry `Diagnostic`s that point
+at a file, line and column and say what would have been valid.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from hpspec.core.diagnostics import Diagnostic
+
+class HpspecError(Exception):
+    """Base of every error hpspec raises on purpose. `exit_code` is what the CLI returns."""
+
+    exit_code = 1
+
+
+class UsageError(HpspecError):
+    """The command line itself is wrong (exit 2)."""
+
+    exit_code = 2
+
+
+class SpecError(HpspecError):
+    """A spec failed to parse or check. Holds every diagnostic found, errors and warnings."""
+
+    def __init__(self, diagnostics: Sequence[Diagnostic], source: str | None = None):
+        self.diagnostics = tuple(diagnostics)
+        self.source = source
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        return "\n".join(d.render(self.source) for d in self.diagnostics)
+
+
+class TargetError(HpspecError):
+    """A target (built-in name, directory, config or checkpoint) cannot be described as a graph."""
+
+
+class CheckpointError(HpspecError):
+    """A checkpoint on disk is missing, broken, unsupported or does not match the plan."""
+
+
+class PlanError(HpspecError):
+    """A plan file is malformed, or does not fit the model it is applied to."""

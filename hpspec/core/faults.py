@@ -1,0 +1,59 @@
+"""Fault injection at named points of a compile, for tests: `HPSPEC_FAULT_AT=POINT[:ACTION]`.
+
+A point is named after what is about to happen there (`stage.before_rename`). ACTION is `kill`
+(SIGKILL this process, as a power cut or the OOM killer would: no cleanup runs), `raise` (an
+exception hpspec does not expect: a bug; the default) or `enospc` (the disk is full). Faults fire
+at a point, never at a random time, so every outcome is reproducible. With the variable unset a
+point costs one environment lookup.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+from pathlib import Path
+
+from hpspec.core.errors import HpspecError
+
+ENV = "HPSPEC_FAULT_AT"
+ACTIONS = ("kill", "raise", "enospc")
+
+# Every point, in the order a compile reaches them.
+POINTS = (
+    "prune.before_write",  # the temporary directory exists, empty
+    "prune.after_shard",  # one output shard's bytes are copied, its header still holds placeholders
+    "prune.before_metadata",  # every byte is copied; final headers, index, config and plan come next
+    "stage.before_provenance",  # the stage's files are written; provenance.json and report.html come next
+    "stage.before_rename",  # the temporary directory is complete and synced
+    "stage.after_set_aside",  # (--force over an existing output) the old output is moved aside
+    "stage.after_rename",  # the new output is in place; the old one (if any) is not yet deleted
+)
+
+
+class InjectedFault(RuntimeError):
+    """The `raise` action: deliberately not an HpspecError, so it stands for a bug."""
+
+
+def point(name: str, path: Path | None = None) -> None:
+    """Fire the configured fault if it names this point; `path` is the file a disk-full error names."""
+    configured = os.environ.get(ENV)
+    if configured is None:
+        return
+    _fire(name, path, configured)
+
+
+def _fire(name: str, path: Path | None, configured: str) -> None:
+    where, _, action = configured.partition(":")
+    if where not in POINTS or (action or "raise") not in ACTIONS:
+        # A typo would otherwise make a fault test pass without injecting anything.
+        raise HpspecError(
+            f"{ENV}={configured}: expected POINT[:ACTION], POINT one of {', '.join(POINTS)}, ACTION one of {', '.join(ACTIONS)}"
+        )
+    if where != name:
+        return
+    if action == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if action == "enospc":
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), None if path is None else str(path))
+    raise InjectedFault(f"fault injected at {name} ({ENV}={configured})")

@@ -1,0 +1,171 @@
+"""Reading user inputs with clear errors, and writing outputs atomically.
+
+Outputs are written into a temporary sibling and renamed into place, so a reader (or a killed run)
+sees either the old file, the complete new one, or nothing; inputs are only ever opened for reading.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from hpspec.core import faults
+from hpspec.core.errors import HpspecError
+
+TMP_MARKER = ".hpspec-tmp-"
+MAX_SPEC_BYTES = 1 << 20  # a spec is a few lines; refuse megabytes of anything
+
+
+def read_text_input(path: Path, what: str = "file", limit: int = MAX_SPEC_BYTES) -> str:
+    """A small UTF-8 text input, or an HpspecError that names the file and the problem."""
+    try:
+        if path.is_dir():
+            raise HpspecError(f"{path}: is a directory, expected a {what} file")
+        with path.open("rb") as handle:
+            data = handle.read(limit + 1)
+    except FileNotFoundError:
+        raise HpspecError(f"{path}: no such {what} file") from None
+    except OSError as error:
+        raise HpspecError(f"{path}: cannot read {what}: {error.strerror or error}") from None
+    if len(data) > limit:
+        raise HpspecError(f"{path}: {what} is larger than {limit} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise HpspecError(f"{path}: {what} is not UTF-8 text (byte {error.start})") from None
+
+
+def read_json_input(path: Path, what: str = "JSON file", limit: int = 64 << 20) -> Any:
+    text = read_text_input(path, what, limit)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise HpspecError(f"{path}:{error.lineno}:{error.colno}: {what} is not valid JSON: {error.msg}") from None
+
+
+def cache_dir() -> Path | None:
+    """hpspec's per-user cache: `$HPSPEC_CACHE_DIR` (empty: none), else `$XDG_CACHE_HOME/hpspec`, else `~/.cache/hpspec`."""
+    configured = os.environ.get("HPSPEC_CACHE_DIR")
+    if configured is not None:
+        return Path(configured) if configured else None
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hpspec"
+
+
+def dumps_json(data: Any) -> str:
+    """The one JSON form hpspec writes: sorted keys, two-space indent, trailing newline."""
+    return json.dumps(data, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace `path` with `text` in one rename; a crash leaves the old file or the new one.
+
+    An OSError names `path`, not the temporary file (which is gone)."""
+    path = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TMP_MARKER}", dir=path.parent or Path("."))
+    except OSError as error:
+        raise OSError(error.errno, error.strerror, str(path)) from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if path.exists():
+            shutil.copymode(path, tmp)
+        else:
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; a new file gets the usual mode
+        os.replace(tmp, path)
+    except OSError as error:
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(error.errno, error.strerror, str(path)) from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def atomic_directory(out: Path, force: bool = False) -> Iterator[Path]:
+    """Build a directory in a temporary sibling, then rename it to `out`.
+
+    An existing `out` needs `force`: it is moved aside, the new one renamed in, the old deleted.
+    Stale siblings left by a killed run are swept first. On any error nothing is left at `out`
+    (or the old one stays, untouched).
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale_siblings(out)
+    if out.exists() and not force:
+        raise HpspecError(f"{out}: already exists (use --force to replace it)")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}{TMP_MARKER}", dir=out.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; the output gets what mkdir would give
+    aside: Path | None = None  # where an existing output waits while the new one is renamed in
+    try:
+        yield tmp
+        _fsync_dir(tmp)
+        faults.point("stage.before_rename")
+        if out.exists():
+            aside = Path(tempfile.mkdtemp(prefix=f".{out.name}{TMP_MARKER}old-", dir=out.parent))
+            os.replace(out, aside / "old")
+            faults.point("stage.after_set_aside")
+            os.replace(tmp, out)
+            faults.point("stage.after_rename")
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+            faults.point("stage.after_rename")
+        _fsync_dir(out.parent)
+    except OSError as error:  # a full disk, a lost mount: said in one line, nothing left at `out`
+        _abandon(tmp, aside, out)
+        where = f" ({os.fsdecode(error.filename).replace(str(tmp), str(out))})" if error.filename else ""  # as it would be named
+        raise HpspecError(f"{out}: cannot write: {error.strerror or error}{where}") from None
+    except BaseException:
+        _abandon(tmp, aside, out)
+        raise
+
+
+def _abandon(tmp: Path, aside: Path | None, out: Path) -> None:
+    """After a failure the temporary directory goes, and an old output set aside comes back."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    if aside is None:
+        return
+    if not out.exists() and (aside / "old").exists():
+        os.replace(aside / "old", out)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def sweep_stale_siblings(out: Path) -> list[Path]:
+    """Remove `.NAME.hpspec-tmp-*` siblings of `out` that a killed run left behind."""
+    swept = []
+    if not out.parent.is_dir():
+        return swept
+    for stale in out.parent.glob(f".{out.name}{TMP_MARKER}*"):
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+        swept.append(stale)
+    return swept
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,2 @@
+"""The language: grammar loading, the syntax tree, parse and fmt. Imports `core` only.
+"""

@@ -1,0 +1,2 @@
+"""The method's measuring and training stages: analyze, sensitivity, suggest, distill, evaluate.
+"""

@@ -1,0 +1,266 @@
+"""analyze: measure what removing each block (and each part) costs -> a sensitivity table.
+
+Each entry removes one block or one part through the real pipeline (a one-line spec, checked,
+planned and applied to a copy of the model), generates the fixed prompt set for every seed, and
+scores the images. The entry's score is the mean of the scorer's metrics (all in [0, 1], higher
+is better); each metric is kept beside it. In the same pass over the unpruned model, forward hooks
+record each block's input-output cosine similarity on the image stream (KOALA, ShortGPT).
+
+Resumable: every finished entry is appended to a `.partial` JSONL file beside the output (keyed by
+the settings' hash) and not redone. Under `accelerate launch`, rank r takes entries r, r+n, ...;
+rank 0 merges the shares and writes the table.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+
+from hpspec.plan.check import check
+from hpspec.model.graph import ModelGraph, graph_from_module
+from hpspec.core.io import write_text_atomic
+from hpspec.lang.parse import parse
+from hpspec.plan.plan import compile_plan
+from hpspec.method.sensitivity import Cosine, Entry, ScorerInfo, SensitivityTable, TargetRef, settings_hash
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from hpspec.method.evaluate import Generator, Scorer
+
+
+@dataclass(frozen=True)
+class Subject:
+    """What analysis measures: a transformer, how to generate with it, and how to score."""
+
+    name: str
+    transformer: "nn.Module"
+    generator_for: Callable[["nn.Module"], "Generator"]
+    scorer: "Scorer"
+    scorer_name: str
+
+
+@dataclass(frozen=True)
+class Settings:
+    prompts: list[str]
+    seeds: list[int]
+    parts: bool
+    generator: dict[str, Any]  # steps, guidance, ...
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Removal:
+    stack: str
+    block: int
+    part: str | None
+
+    @property
+    def key(self) -> str:
+        return f"{self.stack}[{self.block}]" + (f".{self.part}" if self.part else "")
+
+    def spec_line(self) -> str:
+        return f"drop {self.stack[:-1]}[{self.block}]" + (f".{self.part}" if self.part else "")
+
+
+def removals(graph: ModelGraph, parts: bool) -> list[Removal]:
+    """Every whole block, then (with parts) every part of every block, in model order."""
+    items = []
+    for stack in graph.stacks:
+        for block in stack.blocks:
+            items.append(Removal(stack.name, block.index, None))
+            if parts:
+                items.extend(Removal(stack.name, block.index, word) for word in block.words)
+    return items
+
+
+def remove(transformer: "nn.Module", graph: ModelGraph, removal: Removal) -> "nn.Module":
+    """A copy of the transformer with one block or part removed, through spec -> plan -> apply."""
+    from hpspec.weights.prune import apply
+
+    checked = check(parse(removal.spec_line() + "\n", f"<analyze {removal.key}>"), graph)
+    return apply(compile_plan(checked), copy.deepcopy(transformer))
+
+
+def score_of(metrics: dict[str, float]) -> float:
+    return sum(metrics.values()) / len(metrics)
+
+
+def measure(subject: Subject, settings: Settings) -> dict[str, float]:
+    from hpspec.method.evaluate import evaluate
+
+    result = evaluate(subject.generator_for(subject.transformer), subject.scorer, settings.prompts, settings.seeds)
+    return {name: float(result[name]) for name in result["metrics"]}
+
+
+def analyze(
+    subject: Subject,
+    settings: Settings,
+    output: Path,
+    progress: bool = True,
+    rank: int = 0,
+    world: int = 1,
+    barrier: Callable[[], None] = lambda: None,
+) -> SensitivityTable | None:
+    """Measure every removal; rank 0 returns (and writes) the table, other ranks return None."""
+    graph = graph_from_module(subject.transformer, subject.name)
+    digest = settings_hash(settings.as_dict())
+    todo = removals(graph, settings.parts)
+    partial = _partial_path(output, rank)
+    done = _load_partial(partial, digest)
+
+    full_key = "__full__"
+    if full_key not in done and rank == 0:
+        with cosine_recorder(subject.transformer, graph) as cosines:
+            metrics = measure(subject, settings)
+        _append(partial, digest, full_key, {"metrics": metrics, "cosine": cosines()})
+        done[full_key] = {"metrics": metrics, "cosine": cosines()}
+    mine = [r for i, r in enumerate(todo) if i % world == rank and r.key not in done]
+    for removal in _progress(mine, progress, rank):
+        pruned = remove(subject.transformer, graph, removal)
+        metrics = measure(Subject(subject.name, pruned, subject.generator_for, subject.scorer, subject.scorer_name), settings)
+        _append(partial, digest, removal.key, {"metrics": metrics})
+        done[removal.key] = {"metrics": metrics}
+    barrier()
+    if rank != 0:
+        return None
+    for other in range(1, world):
+        done.update(_load_partial(_partial_path(output, other), digest))
+    table = _table(subject, graph, settings, todo, done[full_key], done)
+    write_text_atomic(output, table.to_json())
+    for r in range(world):
+        _partial_path(output, r).unlink(missing_ok=True)
+    return table
+
+
+def _table(subject: Subject, graph: ModelGraph, settings: Settings, todo: Sequence[Removal], full: dict, done: dict) -> SensitivityTable:
+    full_score = score_of(full["metrics"])
+    entries = []
+    for removal in todo:
+        metrics = done[removal.key]["metrics"]
+        score = score_of(metrics)
+        entries.append(Entry(removal.stack, removal.block, removal.part, score, full_score - score, metrics))
+    return SensitivityTable(
+        target=TargetRef(graph.name, graph.fingerprint),
+        scorer=ScorerInfo(subject.scorer_name, sorted(full["metrics"]), True),
+        settings=settings.as_dict(),
+        full_score=full_score,
+        entries=entries,
+        cosine=[Cosine(c["stack"], c["block"], c["value"]) for c in full["cosine"]],
+        full_metrics=dict(full["metrics"]),
+    )
+
+
+def _progress(items: Sequence[Removal], enabled: bool, rank: int) -> Iterator[Removal]:
+    if not enabled:
+        yield from items
+        return
+    from tqdm import tqdm
+
+    with tqdm(items, desc=f"analyze (rank {rank})" if rank else "analyze", unit="removal") as bar:
+        for item in bar:
+            bar.set_postfix_str(item.key)
+            yield item
+
+
+def _partial_path(output: Path, rank: int) -> Path:
+    return output.with_name(f".{output.name}.partial.rank{rank}.jsonl")
+
+
+def _load_partial(path: Path, digest: str) -> dict[str, dict]:
+    """Finished entries of an interrupted run with the same settings (a torn last line is ignored)."""
+    done: dict[str, dict] = {}
+    if not path.is_file():
+        return done
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if record.get("settings_hash") == digest:
+            done[record["key"]] = record["value"]
+    return done
+
+
+def _append(path: Path, digest: str, key: str, value: dict) -> None:
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps({"settings_hash": digest, "key": key, "value": value}) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+# --------------------------------------------------------------------------------------------
+# KOALA / ShortGPT: cosine similarity between a block's input and output image stream
+
+
+class cosine_recorder:
+    """Forward hooks on every block; `()` returns [{stack, block, value}] averaged over calls."""
+
+    def __init__(self, transformer: "nn.Module", graph: ModelGraph):
+        self.transformer, self.graph = transformer, graph
+        self.sums: dict[tuple[str, int], list[float]] = {}
+        self.handles: list[Any] = []
+
+    def __enter__(self) -> Callable[[], list[dict[str, Any]]]:
+        for stack in self.graph.stacks:
+            modules = self.transformer.get_submodule(stack.module)
+            for index, module in enumerate(modules):
+                self.handles.append(module.register_forward_hook(self._hook(stack.name, index), with_kwargs=True))
+        return self.values
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+    def _hook(self, stack: str, index: int) -> Callable[..., None]:
+        def hook(module: "nn.Module", args: tuple, kwargs: dict, output: Any) -> None:
+            before = kwargs.get("hidden_states", args[0] if args else None)
+            after = output[-1] if isinstance(output, tuple) else output
+            if before is None or after is None or before.shape != after.shape:
+                return
+            self.sums.setdefault((stack, index), []).append(_mean_cosine(before, after))
+
+        return hook
+
+    def values(self) -> list[dict[str, Any]]:
+        return [
+            {"stack": stack, "block": block, "value": sum(v) / len(v)}
+            for (stack, block), v in sorted(self.sums.items(), key=lambda kv: (self._order(kv[0][0]), kv[0][1]))
+        ]
+
+    def _order(self, stack: str) -> int:
+        return [s.name for s in self.graph.stacks].index(stack)
+
+
+def _mean_cosine(a: "torch.Tensor", b: "torch.Tensor") -> float:
+    import torch
+
+    return float(torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=-1).mean())
+
+
+# --------------------------------------------------------------------------------------------
+# Subjects
+
+
+def demo_subject(model_dir: Path | None = None, steps: int | None = None, guidance: float | None = None) -> tuple[Subject, dict[str, Any]]:
+    """The embedded demo (or a demo-shaped directory) with its digit scorer."""
+    from hpspec.demo.model import load_demo_transformer
+    from hpspec.demo.sampler import DEFAULT_GUIDANCE, DEFAULT_STEPS, DemoGenerator
+    from hpspec.demo.scorer import DemoScorer
+    from hpspec.demo.text import load_text_encoder
+
+    transformer = load_demo_transformer(model_dir)
+    encoder = load_text_encoder()
+    knobs = {"steps": steps or DEFAULT_STEPS, "guidance": guidance if guidance is not None else DEFAULT_GUIDANCE}
+
+    def generator_for(module: "nn.Module") -> "Generator":
+        return DemoGenerator(module, encoder, **knobs)
+
+    return Subject("demo", transformer, generator_for, DemoScorer(), "demo-digits"), knobs

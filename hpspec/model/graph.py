@@ -1,0 +1,492 @@
+"""graph: a model description -> `ModelGraph` (stacks, blocks, kinds, parts, exact parameter counts).
+
+Four sources describe the same model and give the same graph (and fingerprint): a built-in target,
+a diffusers `config.json`, safetensors headers (one file or a sharded index), and a live
+`nn.Module`. All of them are reduced to one thing, a table of tensor names and shapes, which
+`graph_from_tensors` reads with the architecture's data file. No weights are needed; torch is
+imported only for a live module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from hpspec.model.arch import Architecture, BuiltinModel, architecture, builtin_models, evaluate, FAMILIES
+from hpspec.core.errors import CheckpointError, TargetError
+from hpspec.core.diagnostics import did_you_mean
+from hpspec.model.safetensors_header import DTYPE_BYTES, TORCH_DTYPES, Header, read_header
+
+DEMO = "demo"
+CONFIG_NAME = "config.json"
+WEIGHTS_INDEX_SUFFIX = ".safetensors.index.json"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+@dataclass(frozen=True)
+class Tensor:
+    name: str  # relative to its block (inside a block) or to the model (outside)
+    shape: tuple[int, ...]
+    dtype: str  # safetensors name: BF16, F32, ...
+    buffer: bool = False  # a persistent buffer (SD3's positional table): stored, not a parameter
+
+    @property
+    def numel(self) -> int:
+        count = 1
+        for d in self.shape:
+            count *= d
+        return count
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * DTYPE_BYTES[self.dtype]
+
+
+def _params(tensors: Iterable[Tensor]) -> int:
+    return sum(t.numel for t in tensors if not t.buffer)
+
+
+def _bytes(tensors: Iterable[Tensor]) -> int:
+    return sum(t.nbytes for t in tensors if not t.buffer)
+
+
+class _Counted:
+    """Parameter and byte totals of a group of tensors (buffers excluded)."""
+
+    tensors: tuple[Tensor, ...]
+
+    @property
+    def params(self) -> int:
+        return _params(self.tensors)
+
+    @property
+    def nbytes(self) -> int:
+        return _bytes(self.tensors)
+
+
+@dataclass(frozen=True)
+class Part(_Counted):
+    word: str
+    modules: tuple[str, ...]
+    tensors: tuple[Tensor, ...]
+
+
+@dataclass(frozen=True)
+class Block:
+    stack: str
+    index: int
+    kind: str
+    module: str  # e.g. transformer_blocks.3
+    parts: tuple[Part, ...]  # in registration order
+
+    def part(self, word: str) -> Part | None:
+        return next((p for p in self.parts if p.word == word), None)
+
+    @property
+    def words(self) -> tuple[str, ...]:
+        return tuple(p.word for p in self.parts)
+
+    @property
+    def params(self) -> int:
+        return sum(p.params for p in self.parts)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(p.nbytes for p in self.parts)
+
+
+@dataclass(frozen=True)
+class Stack:
+    name: str
+    singular: str
+    module: str
+    count_key: str
+    blocks: tuple[Block, ...]
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+
+@dataclass(frozen=True)
+class Outside(_Counted):
+    module: str
+    position: str  # before / after the stacks
+    tensors: tuple[Tensor, ...]
+
+
+@dataclass(frozen=True)
+class ModelGraph:
+    name: str
+    source: str  # builtin:NAME, config:PATH, safetensors:PATH, module:CLASS
+    family: str
+    dtype: str
+    stacks: tuple[Stack, ...]
+    outside: tuple[Outside, ...]
+    config: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def arch(self) -> Architecture:
+        return architecture(self.family)
+
+    def stack(self, name: str) -> Stack | None:
+        return next((s for s in self.stacks if s.name == name), None)
+
+    @property
+    def blocks(self) -> tuple[Block, ...]:
+        return tuple(b for s in self.stacks for b in s.blocks)
+
+    @property
+    def params(self) -> int:
+        return sum(o.params for o in self.outside) + sum(b.params for b in self.blocks)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(o.nbytes for o in self.outside) + sum(b.nbytes for b in self.blocks)
+
+    @property
+    def fingerprint(self) -> str:
+        """A hash of the structure: stacks, kinds, parts, parameter shapes; not names, not dtype."""
+        structure = {
+            "family": self.family,
+            "stacks": [
+                [stack.name, [[b.kind, [[p.word, _shapes(p.tensors)] for p in b.parts]] for b in stack.blocks]]
+                for stack in self.stacks
+            ],
+            "outside": sorted(_shapes(t for o in self.outside for t in o.tensors)),
+        }
+        digest = hashlib.sha256(json.dumps(structure, separators=(",", ":")).encode()).hexdigest()
+        return f"sha256:{digest[:32]}"
+
+
+def _shapes(tensors: Iterable[Tensor]) -> list[list[int]]:
+    return sorted(list(t.shape) for t in tensors if not t.buffer)
+
+
+# --------------------------------------------------------------------------------------------
+# Tensor table -> graph
+
+
+def graph_from_tensors(
+    family: str,
+    tensors: Mapping[str, tuple[tuple[int, ...], str]],
+    name: str,
+    source: str,
+    config: Mapping[str, Any] | None = None,
+) -> ModelGraph:
+    """Build the graph from `{full tensor name: (shape, dtype)}` with the family's data file."""
+    arch = architecture(family)
+    buffers = {t.name for o in arch.outside for t in o.tensors if t.buffer}
+    per_stack: dict[str, dict[int, dict[str, tuple[tuple[int, ...], str]]]] = {s.name: {} for s in arch.stacks}
+    outside: dict[str, list[Tensor]] = {}
+    for full, (shape, dtype) in tensors.items():
+        stack, index, rest = _split_block_name(arch, full)
+        if stack is None:
+            module = full.split(".", 1)[0]
+            outside.setdefault(module, []).append(Tensor(full, tuple(shape), dtype, full in buffers))
+        else:
+            per_stack[stack].setdefault(index, {})[rest] = (tuple(shape), dtype)
+
+    stacks = []
+    for rule in arch.stacks:
+        found = per_stack[rule.name]
+        missing = sorted(set(range(len(found))) - set(found))
+        if missing or (found and max(found) != len(found) - 1):
+            gap = missing[0] if missing else len(found)
+            raise TargetError(f"{source}: {rule.module}.{gap} is missing: blocks must be numbered 0..n-1 without gaps")
+        blocks = tuple(_block(arch, rule.name, rule.module, i, found[i], source) for i in range(len(found)))
+        stacks.append(Stack(rule.name, rule.singular, rule.module, rule.count, blocks))
+    positions = {o.module: o.position for o in arch.outside}
+    order = [o.module for o in arch.outside]
+    outside_groups = tuple(
+        Outside(module, positions.get(module, "after"), tuple(sorted(ts, key=lambda t: t.name)))
+        for module, ts in sorted(outside.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order else len(order), kv[0]))
+    )
+    dtypes = [dtype for _, dtype in tensors.values()]
+    dtype = max(set(dtypes), key=dtypes.count) if dtypes else "BF16"
+    return ModelGraph(name, source, family, dtype, tuple(stacks), outside_groups, dict(config or {}))
+
+
+def _split_block_name(arch: Architecture, full: str) -> tuple[str | None, int, str]:
+    for rule in arch.stacks:
+        prefix = rule.module + "."
+        if full.startswith(prefix):
+            index, _, rest = full[len(prefix) :].partition(".")
+            if index.isdigit():
+                return rule.name, int(index), rest
+    return None, -1, full
+
+
+def _block(arch: Architecture, stack: str, module: str, index: int, tensors: Mapping[str, Any], source: str) -> Block:
+    def under(prefix: str) -> bool:
+        return any(name.startswith(prefix + ".") for name in tensors)
+
+    kind = next(
+        (
+            k
+            for k in arch.kinds
+            if (k.stack in (None, stack)) and all(under(m) for m in k.has) and not any(under(m) for m in k.lacks)
+        ),
+        None,
+    )
+    if kind is None:
+        raise TargetError(f"{source}: {module}.{index} matches no known {arch.family} block kind")
+    rules = arch.part_rules(kind.name)
+    parts, claimed = [], set()
+    for word in kind.parts:
+        rule = rules[word]
+        names = sorted(n for n in tensors if any(n.startswith(m + ".") for m in rule.modules))
+        claimed.update(names)
+        parts.append(Part(word, rule.modules, tuple(Tensor(n, *tensors[n]) for n in names)))
+    stray = sorted(set(tensors) - claimed)
+    if stray:
+        raise TargetError(f"{source}: {module}.{index}.{stray[0]} belongs to no known part of a {kind.name} block")
+    return Block(stack, index, kind.name, f"{module}.{index}", tuple(parts))
+
+
+# --------------------------------------------------------------------------------------------
+# Sources
+
+
+def family_of_config(config: Mapping[str, Any], where: str) -> str:
+    class_name = config.get("_class_name")
+    for family in FAMILIES:
+        if class_name in architecture(family).class_names:
+            return family
+    known = [c for f in FAMILIES for c in architecture(f).class_names]
+    raise TargetError(f"{where}: unsupported model class {class_name!r}; hpspec knows {', '.join(known)}")
+
+
+def tensors_from_config(config: Mapping[str, Any], where: str, dtype: str = "BF16") -> dict[str, tuple[tuple[int, ...], str]]:
+    """Every tensor a diffusers config implies, with its shape, from the architecture's rules."""
+    family = family_of_config(config, where)
+    arch = architecture(family)
+    names: dict[str, Any] = dict(config)
+    try:
+        for key, expression in arch.derived:
+            names[key] = evaluate(expression, names)
+        tensors: dict[str, tuple[tuple[int, ...], str]] = {}
+        for rule in arch.outside:
+            for t in rule.tensors:
+                if t.when is None or evaluate(t.when, names):
+                    tensors[t.name] = (_shape(evaluate(t.shape, names)), "F32" if t.buffer else dtype)
+        for stack in arch.stacks:
+            count = config.get(stack.count)
+            if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+                raise TargetError(f"{where}: `{stack.count}` must be a non-negative integer, got {count!r}")
+            for index in range(count):
+                scope = {**names, "index": index, "count": count}
+                kind = next(k for k in arch.kinds if k.stack in (None, stack.name) and evaluate(k.when, scope))
+                scope.update({k: evaluate(v, scope) for k, v in arch.kind_values.get(kind.name, {}).items()})
+                rules = arch.part_rules(kind.name)
+                for word in kind.parts:
+                    for t in rules[word].tensors:
+                        if t.when is None or evaluate(t.when, scope):
+                            tensors[f"{stack.module}.{index}.{t.name}"] = (_shape(evaluate(t.shape, scope)), dtype)
+    except TargetError:
+        raise
+    except Exception as error:  # a config missing a key or holding a wrong type
+        raise TargetError(f"{where}: config does not describe a {family} model: {type(error).__name__}: {error}") from None
+    return tensors
+
+
+def _shape(value: Any) -> tuple[int, ...]:
+    shape = value if isinstance(value, tuple) else (value,)
+    if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise TypeError(f"shape {shape!r} is not a tuple of non-negative integers")
+    return shape
+
+
+def graph_from_config(config: Mapping[str, Any], name: str, source: str, dtype: str = "BF16") -> ModelGraph:
+    family = family_of_config(config, source)
+    return graph_from_tensors(family, tensors_from_config(config, source, dtype), name, source, config)
+
+
+def graph_from_builtin(name: str) -> ModelGraph:
+    model: BuiltinModel = builtin_models()[name]
+    dtype = TORCH_DTYPES[model.dtype]
+    return graph_from_config(model.config, name, f"builtin:{name}", dtype)
+
+
+def graph_from_headers(headers: Iterable[Header], name: str, source: str, config: Mapping[str, Any] | None) -> ModelGraph:
+    tensors = {e.name: (e.shape, e.dtype) for h in headers for e in h.tensors.values()}
+    if config is not None:
+        family = family_of_config(config, source)
+    else:
+        family = "flux" if any(n.startswith("single_transformer_blocks.") for n in tensors) else "sd3"
+    return graph_from_tensors(family, tensors, name, source, config)
+
+
+def graph_from_module(module: Any, name: str | None = None) -> ModelGraph:
+    """The graph of a live diffusers transformer (reads shapes only; imports nothing heavy itself)."""
+    config = dict(getattr(module, "config", {}) or {})
+    config.setdefault("_class_name", type(module).__name__)
+    family = family_of_config(config, f"module:{type(module).__name__}")
+    tensors = {n: (tuple(t.shape), TORCH_DTYPES.get(str(t.dtype).removeprefix("torch."), "F32")) for n, t in module.state_dict().items()}
+    return graph_from_tensors(family, tensors, name or type(module).__name__, f"module:{type(module).__name__}", config)
+
+
+# --------------------------------------------------------------------------------------------
+# Targets: what a spec's `target` or a `--target` names
+
+
+def target_names() -> tuple[str, ...]:
+    return (*builtin_models(), DEMO)
+
+
+def demo_directory() -> Path:
+    try:
+        from hpspec.demo import transformer_dir
+    except ImportError as error:
+        raise TargetError(f"the demo model is not installed ({error}); install hpspec[demo]") from None
+    return Path(transformer_dir())
+
+
+def resolve_target(value: str, base: Path | None = None, quoted: bool = False) -> ModelGraph:
+    """A built-in name, `demo`, or (quoted, or containing a path separator) a path relative to `base`."""
+    if not quoted and value in builtin_models():
+        return graph_from_builtin(value)
+    if not quoted and value == DEMO:
+        # Named by the package, not by where it is installed, so plans are the same everywhere.
+        return replace(graph_from_path(demo_directory(), name=DEMO), source="hpspec:demo")
+    path = Path(value)
+    if not quoted and not _exists(path) and "/" not in value:
+        suggestion = did_you_mean(value, target_names())
+        raise TargetError(
+            f"unknown target `{value}`"
+            + (f"; did you mean `{suggestion}`?" if suggestion else "")
+            + f" Built-in targets: {', '.join(target_names())}; or a quoted path to a model"
+        )
+    if not path.is_absolute() and base is not None:
+        path = base / path
+    return graph_from_path(path)
+
+
+def find_transformer(path: Path) -> tuple[Path | None, list[Path]]:
+    """(config.json or None, safetensors files) of a transformer directory, pipeline root or file."""
+    path = Path(path)
+    if not _exists(path):
+        raise TargetError(f"{path}: no such file or directory")
+    if path.is_file():
+        if path.name.endswith(WEIGHTS_INDEX_SUFFIX):
+            return _config_in(path.parent), _index_shards(path)
+        _refuse_unsupported_file(path)
+        return _config_in(path.parent), [path]
+    if not path.is_dir():  # a FIFO, a device: listing or reading it would fail or never end
+        raise TargetError(f"{path}: not a regular file or a directory")
+    if (path / "transformer").is_dir() and not (path / CONFIG_NAME).is_file():
+        return find_transformer(path / "transformer")
+    config = _config_in(path)
+    indexes = sorted(path.glob(f"*{WEIGHTS_INDEX_SUFFIX}"))
+    if indexes:
+        return config, _index_shards(indexes[0])
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights:
+        pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        if pickles:
+            raise CheckpointError(f"{path / pickles[0]}: pickle checkpoints are refused (they can run code); convert it to safetensors")
+    if config is None and not weights:
+        raise TargetError(f"{path}: holds no config.json and no .safetensors files (not a diffusers transformer or pipeline)")
+    return config, weights
+
+
+def _exists(path: Path) -> bool:
+    """Path.exists, but a name the system cannot even look up (ENAMETOOLONG) names nothing, not a crash."""
+    try:
+        return path.exists()
+    except OSError:
+        return False
+
+
+def _config_in(directory: Path) -> Path | None:
+    """config.json if there is anything by that name: one that is not a regular file is refused when read."""
+    config = directory / CONFIG_NAME
+    return config if os.path.lexists(config) else None
+
+
+def require_regular(path: Path) -> None:
+    """Follow symlinks (a Hugging Face snapshot links to blobs), but only to regular files: a FIFO
+    would block the read, a device never end."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing (a broken symlink?)") from None
+    except OSError as error:
+        raise CheckpointError(f"{path}: cannot read: {error.strerror or error}") from None
+    if not stat.S_ISREG(mode):
+        raise CheckpointError(f"{path}: not a regular file")
+
+
+def _refuse_unsupported_file(path: Path) -> None:
+    if path.suffix in PICKLE_SUFFIXES:
+        raise CheckpointError(f"{path}: pickle checkpoints are refused (they can run code); convert it to safetensors")
+    if path.suffix != ".safetensors":
+        raise TargetError(f"{path}: expected a .safetensors file, a {WEIGHTS_INDEX_SUFFIX} index, or a directory")
+
+
+def _index_shards(index: Path) -> list[Path]:
+    from hpspec.core.io import read_json_input
+
+    require_regular(index)
+    data = read_json_input(index, "safetensors index")
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise CheckpointError(f"{index}: not a safetensors index: no `weight_map` of tensor -> shard file")
+    shards = []
+    for shard in sorted(set(weight_map.values())):
+        shard_path = index.parent / shard
+        if Path(shard).is_absolute() or ".." in Path(shard).parts:
+            raise CheckpointError(f"{index}: shard {shard!r} lies outside the checkpoint directory")
+        if not os.path.lexists(shard_path):
+            raise CheckpointError(f"{index}: names shard {shard!r}, which is missing")
+        require_regular(shard_path)
+        shards.append(shard_path)
+    return shards
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    from hpspec.core.io import read_json_input
+
+    require_regular(path)
+    config = read_json_input(path, "config.json")
+    if not isinstance(config, dict):
+        raise TargetError(f"{path}: config.json is not a JSON object")
+    return config
+
+
+def graph_from_path(path: Path, name: str | None = None) -> ModelGraph:
+    """The graph of a transformer on disk: headers when weights are there, else its config."""
+    config_path, weights = find_transformer(path)
+    config = read_config(config_path) if config_path is not None else None
+    label = name or _model_name(Path(path))
+    if weights:
+        headers = [read_header(w) for w in weights]
+        graph = graph_from_headers(headers, label, f"safetensors:{path}", config)
+        if config is not None:
+            check_config_counts(graph, config, config_path)
+        return graph
+    assert config is not None and config_path is not None
+    dtype = TORCH_DTYPES.get(str(config.get("torch_dtype", "bfloat16")), "BF16")
+    return graph_from_config(config, label, f"config:{config_path}", dtype)
+
+
+def check_config_counts(graph: ModelGraph, config: Mapping[str, Any], config_path: Path) -> None:
+    for stack in graph.stacks:
+        declared = config.get(stack.count_key)
+        if declared is not None and declared != len(stack):
+            raise CheckpointError(
+                f"{config_path}: says {stack.count_key}={declared} but the weights hold {len(stack)} {stack.name}"
+            )
+
+
+def _model_name(path: Path) -> str:
+    path = path.resolve() if path.exists() else path
+    if path.is_file():
+        path = path.parent
+    if path.name == "transformer":
+        path = path.parent
+    return path.name or str(path)

@@ -1,0 +1,2 @@
+"""The self-contained HTML report: block map, charts, images, templates.
+"""

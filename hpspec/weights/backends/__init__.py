@@ -1,0 +1,2 @@
+"""The quantize back ends (bitsandbytes, optimum-quanto), each imported on first use.
+"""
