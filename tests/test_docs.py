@@ -13,7 +13,7 @@ from hpspec.plan.check import DISTILL_OPTIONS, SCHEMES
 from hpspec.lang.fmt import format_source
 from hpspec.plan.plan import QUANTIZE_BACKENDS
 
-from .conftest import GOLDEN, REPO
+from tests.conftest import GOLDEN, REPO
 
 DOCS = REPO / "docs"
 LANGUAGE = DOCS / "language.md"

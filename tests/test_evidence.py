@@ -12,7 +12,7 @@ import torch
 
 from hpspec.report.html import check_evidence
 
-from .conftest import REPO
+from tests.conftest import REPO
 
 
 def load_script():

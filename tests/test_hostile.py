@@ -30,9 +30,9 @@ from hpspec.lang.fmt import format_source
 from hpspec.lang.parse import parse
 from hpspec.model.safetensors_header import read_header
 
-from .conftest import REPO
-from .hostile_checkpoints import CORRUPTIONS, PWNED, SPEC, Corruption, clear_error, compile_in_process, compile_in_subprocess, contents, damaged, leftovers, pickle_weights, write_checkpoint, write_safetensors
-from .hostile_corpus import HOSTILE_STRINGS, KINDS, Vocabulary, corpus, load_graphs, run_corpus, seed_specs, watchdog
+from tests.conftest import REPO
+from tests.hostile_checkpoints import CORRUPTIONS, PWNED, SPEC, Corruption, clear_error, compile_in_process, compile_in_subprocess, contents, damaged, leftovers, pickle_weights, write_checkpoint, write_safetensors
+from tests.hostile_corpus import HOSTILE_STRINGS, KINDS, Vocabulary, corpus, load_graphs, run_corpus, seed_specs, watchdog
 
 SAMPLE = 1000  # specs per test run; bench/fuzz.py runs 10,000
 WATCHDOG_S = 120  # per spec or per compile: only a stuck run trips it

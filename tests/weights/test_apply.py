@@ -19,7 +19,7 @@ from torch import nn  # noqa: E402
 from hpspec.core.errors import HpspecError, PlanError  # noqa: E402
 from hpspec.weights.prune import apply  # noqa: E402
 
-from .tiny_models import build, forward, inputs, isolated, plan_for, state, swap  # noqa: E402
+from tests.tiny_models import build, forward, inputs, isolated, plan_for, state, swap  # noqa: E402
 
 
 @pytest.fixture(autouse=True, scope="module")

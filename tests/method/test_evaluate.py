@@ -11,7 +11,7 @@ from typing import Sequence
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")

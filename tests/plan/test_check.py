@@ -11,7 +11,7 @@ from hpspec.core.errors import SpecError
 from hpspec.model.graph import graph_from_builtin
 from hpspec.lang.parse import parse
 
-from .conftest import GOLDEN, REPO, assert_golden
+from tests.conftest import GOLDEN, REPO, assert_golden
 
 CHECK_FIXTURES = sorted((GOLDEN / "check").glob("*.hps"))
 SHIPPED_SPECS = sorted((REPO / "specs").rglob("*.hps"))

@@ -18,7 +18,7 @@ from hpspec.model.graph import ModelGraph, resolve_target
 from hpspec.lang.parse import parse
 from hpspec.plan.plan import compile_plan
 
-from .conftest import GOLDEN, REPO, assert_golden
+from tests.conftest import GOLDEN, REPO, assert_golden
 
 FMT = GOLDEN / "fmt"
 CASES = sorted(p.name.removesuffix(".in.hps") for p in FMT.glob("*.in.hps"))

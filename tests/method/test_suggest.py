@@ -15,7 +15,7 @@ from hpspec.model.graph import graph_from_builtin
 from hpspec.method.sensitivity import Cosine, Entry, ScorerInfo, SensitivityTable, TargetRef, import_reference, table_from_json
 from hpspec.method.suggest import suggest
 
-from .conftest import REPO
+from tests.conftest import REPO
 
 REFERENCE = REPO.parent / "shared" / "data" / "sd3.5-large-turbo.hpsv2-sensitivity.json"
 SHIPPED_TABLE = REPO / "specs/sd3.5-large-turbo/hpsv2-sensitivity.json"

@@ -20,7 +20,7 @@ from hpspec.report.blockmap import spans
 from hpspec.report.images import ImageError, image_grid_payload, png_bytes
 from hpspec.plan.schema import load_plan
 
-from .conftest import REPO
+from tests.conftest import REPO
 
 SPECS = REPO / "specs"
 AGGRESSIVE = SPECS / "sd3.5-large-turbo/aggressive.hps"

@@ -9,7 +9,7 @@ import pytest
 
 from hpspec.plan.diff import diff_plans, load_pair
 
-from .conftest import GOLDEN, assert_golden
+from tests.conftest import GOLDEN, assert_golden
 
 DIFF = GOLDEN / "diff"
 BASE = DIFF / "base.hps"

@@ -15,7 +15,7 @@ from hpspec.model.graph import graph_from_builtin
 from hpspec.lang.parse import parse
 from hpspec.plan.plan import Plan, compile_plan, plan_spec
 
-from .conftest import REPO
+from tests.conftest import REPO
 
 
 def plan_of(source: str, target: str = "sd3.5-large-turbo") -> Plan:

@@ -13,7 +13,7 @@ from typing import Iterator, NamedTuple
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")

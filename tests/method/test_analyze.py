@@ -15,7 +15,7 @@ from hpspec.demo import default_prompts
 from hpspec.method.evaluate import evaluate
 from hpspec.method.sensitivity import load_table, settings_hash
 
-from .conftest import REPO
+from tests.conftest import REPO
 
 PROMPTS = default_prompts()[::4]  # one prompt per digit
 

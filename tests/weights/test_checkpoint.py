@@ -25,8 +25,8 @@ import hpspec  # noqa: E402
 from hpspec.weights.prune import apply, load_pretrained  # noqa: E402
 from hpspec.model.safetensors_header import read_header  # noqa: E402
 
-from .conftest import CliResult  # noqa: E402
-from .tiny_models import build, forward, isolated, plan_for, same_tensors, save, state  # noqa: E402
+from tests.conftest import CliResult  # noqa: E402
+from tests.tiny_models import build, forward, isolated, plan_for, same_tensors, save, state  # noqa: E402
 
 SHARD_BYTES = 300_000  # the tiny fp32 models are ~0.5-1 MB: several shards
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from .conftest import REPO
+from tests.conftest import REPO
 
 EXAMPLES = REPO / "examples"
 WORKFLOW = EXAMPLES / "ci" / "hpspec.yml"

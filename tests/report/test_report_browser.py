@@ -22,7 +22,7 @@ from hpspec.cli.app import main
 from hpspec.model.graph import resolve_target
 from hpspec.report.images import image_grid_payload
 
-from .conftest import REPO
+from tests.conftest import REPO
 
 CHROMIUM_FLAGS = (
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -13,7 +13,7 @@ from hpspec import apply
 from hpspec.model.flops import tokens_for
 from hpspec.model.graph import graph_from_module
 
-from .tiny_models import FLUX_CONFIG, SD3_CONFIG, build, plan_for
+from tests.tiny_models import FLUX_CONFIG, SD3_CONFIG, build, plan_for
 
 
 def counted_flops(model: torch.nn.Module, kind: str, image: int, text: int) -> int:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from hpspec.plan.schema import load_plan
 
-from .conftest import REPO
+from tests.conftest import REPO
 
 MODERATE = REPO / "specs/sd3.5-large-turbo/moderate.hps"
 

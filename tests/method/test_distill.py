@@ -26,8 +26,8 @@ from hpspec.method.sensitivity import Entry, ScorerInfo, SensitivityTable, Targe
 from hpspec.method.sgdistill import EPSILON_FRACTION, GuidanceError, guidance  # noqa: E402
 from hpspec.stages.engine import StageInput  # noqa: E402
 
-from .conftest import REPO, CliResult  # noqa: E402
-from .tiny_models import FLUX_CONFIG, SD3_CONFIG, build, isolated, save  # noqa: E402
+from tests.conftest import REPO, CliResult  # noqa: E402
+from tests.tiny_models import FLUX_CONFIG, SD3_CONFIG, build, isolated, save  # noqa: E402
 
 # Blocks 4 and 5 dropped (5 is the context-pre-only last block: 3 becomes the new last), part of 1.
 SPEC = "drop blocks[4:6], block[1].mlp\npreserve auto\n"

@@ -17,8 +17,8 @@ pytest.importorskip("diffusers")
 import hpspec  # noqa: E402
 from hpspec.stages.engine import STAGES  # noqa: E402
 
-from .conftest import REPO, CliResult  # noqa: E402
-from .tiny_models import build, forward, isolated, plan_for, same_tensors, save, state  # noqa: E402
+from tests.conftest import REPO, CliResult  # noqa: E402
+from tests.tiny_models import build, forward, isolated, plan_for, same_tensors, save, state  # noqa: E402
 
 SPEC = "drop blocks[4], block[1].mlp\npreserve auto\n"
 
