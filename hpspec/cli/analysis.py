@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from hpspec.core.errors import SpecError, UsageError
+from hpspec.core.paths import PLAN_NAME
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -220,7 +221,7 @@ def _loader(load_pretrained):
     def load(path: Path):
         from hpspec.demo.model import load_demo_transformer
 
-        return load_pretrained(path) if (path / "plan.json").is_file() else load_demo_transformer(path)
+        return load_pretrained(path) if (path / PLAN_NAME).is_file() else load_demo_transformer(path)
 
     return load
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from hpspec.core.io import dumps_json, write_text_atomic
+from hpspec.core.paths import PLAN_NAME
 
 DEFAULT_KEEP = 0.75
 METHOD_ORDER = ("hierarchical", "koala", "bksdm")
@@ -89,7 +90,7 @@ def _repaired_rows(pruned: Path, table: Path, steps: int, force: bool, say: Call
 
             shutil.rmtree(quantized)
         if not quantized.is_dir():
-            quantize_dir(distilled, quantized, load_plan_file(distilled / "plan.json"), scheme=scheme)
+            quantize_dir(distilled, quantized, load_plan_file(distilled / PLAN_NAME), scheme=scheme)
         rows.append(evaluate_row(f"+ distill + {scheme}", quantized))
     return rows
 
@@ -136,7 +137,7 @@ def _evaluate_row(method: str, spec: Path, pruned_dir: Path, subject: Any, promp
     result = evaluate(subject.generator_for(model), subject.scorer, prompts, list(seeds), reference)
     slug = "-".join(w for w in method.replace("+", " ").split())
     write_text_atomic(out / f"eval-{slug}.json", dumps_json(result))
-    plan = load_plan_file(pruned_dir / "plan.json")
+    plan = load_plan_file(pruned_dir / PLAN_NAME)
     nbytes = plan.bytes.after_quantize if plan.quantize is not None and plan.bytes.after_quantize else plan.bytes.after_prune
     return Row(method, spec, plan.kept_fraction, nbytes, _metrics(result), float(result["degradation"]))
 

@@ -12,6 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from hpspec.core.paths import PLAN_NAME
+
 DATA_HELP = "`demo` (the demo's digits and prompts) or a folder of latents and text embeddings (docs/distill.md)"
 
 
@@ -44,7 +46,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     from hpspec.stages.engine import CompileResult, StageInput, report
 
     stage_dir = Path(args.stage)
-    plan = load_plan_file(stage_dir / "plan.json")
+    plan = load_plan_file(stage_dir / PLAN_NAME)
     options = {
         "teacher": args.teacher,
         "data": args.data,

@@ -30,7 +30,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
 def _unpruned_target(model: Path) -> str | None:
     """A spec's drops name blocks of the unpruned model, which the stage directory's plan records."""
-    from hpspec.weights.checkpoint import PLAN_NAME
+    from hpspec.core.paths import PLAN_NAME
     from hpspec.core.errors import HpspecError
     from hpspec.plan.schema import load_plan_file
 

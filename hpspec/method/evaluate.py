@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 
+from hpspec.core.paths import CONFIG_NAME
+
 if TYPE_CHECKING:
     import torch
     from torch import nn
@@ -291,7 +293,7 @@ def _embeds(output: Any) -> "torch.Tensor":
 
 def is_demo_transformer(model_dir: str | Path) -> bool:
     """A diffusers SD3 transformer directory shaped like the demo's (8x8, 1 channel, MiniLM text)."""
-    config_file = Path(model_dir) / "config.json"
+    config_file = Path(model_dir) / CONFIG_NAME
     if not config_file.is_file():
         return False
     config = json.loads(config_file.read_text(encoding="utf-8"))

@@ -20,11 +20,10 @@ from typing import Any, Iterable, Mapping
 from hpspec.model.arch import Architecture, BuiltinModel, architecture, builtin_models, evaluate, FAMILIES
 from hpspec.core.errors import CheckpointError, TargetError
 from hpspec.core.diagnostics import did_you_mean
+from hpspec.core.paths import CONFIG_NAME, WEIGHTS_INDEX_SUFFIX
 from hpspec.model.safetensors_header import DTYPE_BYTES, TORCH_DTYPES, Header, read_header
 
 DEMO = "demo"
-CONFIG_NAME = "config.json"
-WEIGHTS_INDEX_SUFFIX = ".safetensors.index.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 
@@ -452,7 +451,7 @@ def read_config(path: Path) -> dict[str, Any]:
     from hpspec.core.io import read_json_input
 
     require_regular(path)
-    config = read_json_input(path, "config.json")
+    config = read_json_input(path, CONFIG_NAME)
     if not isinstance(config, dict):
         raise TargetError(f"{path}: config.json is not a JSON object")
     return config

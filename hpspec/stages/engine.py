@@ -26,11 +26,8 @@ from hpspec.core.version import __version__
 from hpspec.core import faults
 from hpspec.core.errors import HpspecError
 from hpspec.core.io import atomic_directory, dumps_json, read_json_input, sweep_stale_siblings
+from hpspec.core.paths import CARD_NAME, PROVENANCE_NAME, REPORT_NAME
 from hpspec.plan.plan import Plan
-
-PROVENANCE_NAME = "provenance.json"
-CARD_NAME = "README.md"
-REPORT_NAME = "report.html"
 
 Writer = Callable[[Path], dict[str, Any]]  # fills a temporary directory, returns provenance extras
 

@@ -28,14 +28,12 @@ from hpspec.core.version import __version__
 from hpspec.core import faults
 from hpspec.model.arch import architecture
 from hpspec.core.errors import CheckpointError, HpspecError, PlanError
-from hpspec.model.graph import WEIGHTS_INDEX_SUFFIX, ModelGraph, check_config_counts, family_of_config, find_transformer, graph_from_headers, read_config, require_regular, tensors_from_config
+from hpspec.model.graph import ModelGraph, check_config_counts, family_of_config, find_transformer, graph_from_headers, read_config, require_regular, tensors_from_config
 from hpspec.core.io import cache_dir, dumps_json, read_json_input, write_text_atomic
 from hpspec.plan.plan import Plan
 from hpspec.model.safetensors_header import Header, TensorEntry, read_header
+from hpspec.core.paths import CONFIG_NAME, PLAN_NAME, WEIGHTS_INDEX_SUFFIX, WEIGHTS_NAME
 
-WEIGHTS_NAME = "diffusion_pytorch_model"
-CONFIG_NAME = "config.json"
-PLAN_NAME = "plan.json"
 SHA256_PLACEHOLDER = "0" * 64  # same length as a digest: the header is patched in place once known
 COPY_CHUNK = 1 << 30
 RACY_NS = 2_000_000_000  # a file changed this recently is hashed but its digest not remembered

@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hpspec.weights.checkpoint import CONFIG_NAME, PLAN_NAME, check_fingerprint, dropped_part_modules, renamed
+from hpspec.core.paths import CONFIG_NAME, PLAN_NAME
+from hpspec.weights.checkpoint import check_fingerprint, dropped_part_modules, renamed
 from hpspec.core.errors import CheckpointError, PlanError
 from hpspec.plan.plan import FreezePlan, Plan
 

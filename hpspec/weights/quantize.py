@@ -25,9 +25,9 @@ import torch
 from torch import nn
 
 from hpspec.core.version import __version__
-from hpspec.weights.checkpoint import CONFIG_NAME, PLAN_NAME, WEIGHTS_NAME, dropped_part_modules, renamed, shard_names
+from hpspec.weights.checkpoint import dropped_part_modules, renamed, shard_names
 from hpspec.core.errors import CheckpointError, HpspecError, PlanError
-from hpspec.model.graph import WEIGHTS_INDEX_SUFFIX
+from hpspec.core.paths import CARD_NAME, CONFIG_NAME, PLAN_NAME, WEIGHTS_INDEX_SUFFIX, WEIGHTS_NAME
 from hpspec.core.io import dumps_json
 from hpspec.plan.plan import QUANTIZE_BACKENDS, Plan, QuantizePlan
 from hpspec.plan.quantize_layout import COMPUTE_DTYPES, LayoutTensor, SourceTensor, quantized_layout, under, weight_bytes
@@ -299,7 +299,7 @@ def run(prepared: Prepared, out: Path) -> Quantized:
     kept = [path for path, _ in linears(prepared.model) if under(path, plan.quantize.except_modules)]
     replaced = quantize_model(prepared.model, plan.quantize)
     written = write_quantized(prepared.model, plan, Path(out), prepared.config, prepared.layout, replaced, kept)
-    (Path(out) / "README.md").write_text(model_card(plan, prepared.source, written), encoding="utf-8")
+    (Path(out) / CARD_NAME).write_text(model_card(plan, prepared.source, written), encoding="utf-8")
     return written
 
 

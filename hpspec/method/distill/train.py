@@ -40,8 +40,9 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from hpspec.core.errors import HpspecError
 from hpspec.core.io import dumps_json
+from hpspec.core.paths import CARD_NAME, CONFIG_NAME, PLAN_NAME, WEIGHTS_INDEX_SUFFIX
 from hpspec.plan.plan import DistillPlan, Plan
-from hpspec.stages.engine import CARD_NAME, StageInput, StageResult, Writer, model_card, run_stage, stage, stage_key
+from hpspec.stages.engine import StageInput, StageResult, Writer, model_card, run_stage, stage, stage_key
 
 if TYPE_CHECKING:
     import torch
@@ -137,7 +138,7 @@ def load_student(directory: Path, plan: Plan) -> "nn.Module":
     from hpspec.weights.prune import load_pretrained
     from hpspec.plan.schema import load_plan_file
 
-    written = load_plan_file(Path(directory) / "plan.json")
+    written = load_plan_file(Path(directory) / PLAN_NAME)
     prune_fields = stage("prune").depends
     if any(getattr(written, name) != getattr(plan, name) for name in prune_fields):
         raise DistillError(f"{directory}: was pruned by another plan than the one distilling it (compare its plan.json)")
@@ -503,8 +504,7 @@ def save_distilled(state: Mapping[str, "torch.Tensor"], pruned: Path, out: Path,
     import torch
     from safetensors.torch import save_file
 
-    from hpspec.weights.checkpoint import CONFIG_NAME, PLAN_NAME
-    from hpspec.model.graph import WEIGHTS_INDEX_SUFFIX, find_transformer
+    from hpspec.model.graph import find_transformer
     from hpspec.model.safetensors_header import read_header
 
     dtypes = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
@@ -756,7 +756,7 @@ def distill_demo(
     from hpspec.plan.schema import load_plan_file
     from hpspec.stages.engine import resolve_model
 
-    plan = load_plan_file(Path(pruned) / "plan.json")
+    plan = load_plan_file(Path(pruned) / PLAN_NAME)
     base = plan.distill or DistillPlan(**{k: o.default for k, o in DISTILL_OPTIONS.items()})  # type: ignore[arg-type]
     settings = replace(base, steps=steps, lr=lr, batch=batch, weight=weight, mode=mode, table=None, seed=seed)
     plan = replace(plan, distill=settings)

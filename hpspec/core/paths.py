@@ -1,0 +1,14 @@
+"""paths: the names of the files hpspec reads and writes in a model or stage directory.
+
+One definition each; every module that names one of these files imports it from here.
+"""
+
+from __future__ import annotations
+
+CONFIG_NAME = "config.json"  # a diffusers transformer's config
+WEIGHTS_NAME = "diffusion_pytorch_model"  # the stem of a diffusers transformer's safetensors files
+WEIGHTS_INDEX_SUFFIX = ".safetensors.index.json"  # a sharded checkpoint's index: WEIGHTS_NAME + this
+PLAN_NAME = "plan.json"  # the plan that produced a stage directory
+PROVENANCE_NAME = "provenance.json"  # what a stage read, ran and wrote
+CARD_NAME = "README.md"  # a stage directory's model card
+REPORT_NAME = "report.html"  # a stage directory's report page
