@@ -11,7 +11,7 @@ import pytest
 from hpspec.model.arch import FAMILIES, architecture, builtin_models
 from hpspec.plan.check import DISTILL_OPTIONS, SCHEMES
 from hpspec.lang.fmt import format_source
-from hpspec.plan.plan import QUANTIZE_BACKENDS
+from hpspec.plan.schemes import QUANTIZE_BACKENDS
 
 from tests.conftest import GOLDEN, REPO
 

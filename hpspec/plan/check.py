@@ -15,9 +15,7 @@ from hpspec.lang import syntax as s
 from hpspec.core.diagnostics import Diagnostic, DiagnosticSink, Span, all_of, did_you_mean, one_of
 from hpspec.core.errors import HpspecError, SpecError
 from hpspec.model.graph import Block, ModelGraph, resolve_target, target_names
-
-SCHEMES = ("nf4", "fp4", "int8", "int4")
-COMPUTE_DTYPES = ("bf16", "fp16", "fp32")
+from hpspec.plan.schemes import COMPUTE_DTYPES, SCHEMES
 
 
 @dataclass(frozen=True)

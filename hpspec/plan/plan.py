@@ -17,6 +17,7 @@ from hpspec.core.version import __version__
 from hpspec.plan.check import CheckedSpec, Item, removed_words
 from hpspec.model.graph import Block, ModelGraph
 from hpspec.model.safetensors_header import DTYPE_BYTES
+from hpspec.plan.schemes import QUANTIZE_BACKENDS
 
 SCHEMA_VERSION = 1
 
@@ -162,8 +163,6 @@ class Plan:
     def sha256(self) -> str:
         return hashlib.sha256(self.to_json().encode()).hexdigest()
 
-
-QUANTIZE_BACKENDS = {"nf4": "bitsandbytes", "fp4": "bitsandbytes", "int8": "bitsandbytes", "int4": "optimum-quanto"}
 
 
 # --------------------------------------------------------------------------------------------

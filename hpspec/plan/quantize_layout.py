@@ -21,26 +21,17 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 from hpspec.model.safetensors_header import DTYPE_BYTES
+from hpspec.plan.schemes import COMPUTE, QUANTIZE_SCHEMES, Scheme
 
 if TYPE_CHECKING:
     from hpspec.model.graph import ModelGraph
     from hpspec.plan.plan import Op, StackPlan
 
-BNB_BLOCKSIZE = 64  # bitsandbytes' 4-bit block (Linear4bit's default)
-BNB_NESTED_BLOCKSIZE = 256  # double quantization: absmax values per nested block
-BNB_CODE_ENTRIES = 16  # the 4-bit code book (fp32)
-BNB_NESTED_CODE_ENTRIES = 256  # the 8-bit dynamic map of the nested absmax (fp32)
 # repr of the widest double (`-1.2345678901234567e-308`): the quant state's `nested_offset` is a
 # data-dependent float, so its JSON is padded with spaces to this width and every size is known
 # before anything is quantized (JSON ignores trailing whitespace; bitsandbytes reads it back).
 OFFSET_WIDTH = 24
 CONVERTED = ".norm1_context.linear"  # the last-block conversion keeps 2 of its 6 chunks of rows
-QUANTO_GROUP_SIZE = 128
-QUANTO_MIN_GROUP_SIZE = 32
-
-# compute option -> (safetensors dtype, torch dtype name)
-COMPUTE_DTYPES: Mapping[str, tuple[str, str]] = {"bf16": ("BF16", "bfloat16"), "fp16": ("F16", "float16"), "fp32": ("F32", "float32")}
-FOUR_BIT = ("nf4", "fp4", "int4")
 
 
 @dataclass(frozen=True)
@@ -75,7 +66,7 @@ def under(path: str, modules: Iterable[str]) -> bool:
 
 
 def compute_dtype(compute: str) -> str:
-    return COMPUTE_DTYPES[compute][0]
+    return COMPUTE[compute].safetensors
 
 
 # --------------------------------------------------------------------------------------------
@@ -84,12 +75,13 @@ def compute_dtype(compute: str) -> str:
 
 def quant_state_dict(quant_type: str, shape: Sequence[int], dtype_name: str, offset: float) -> dict[str, object]:
     """bitsandbytes' packed quant state of a double-quantized 4-bit weight, in its key order."""
+    scheme = QUANTIZE_SCHEMES[quant_type]
     return {
         "quant_type": quant_type,
-        "blocksize": BNB_BLOCKSIZE,
+        "blocksize": scheme.block_size,
         "dtype": dtype_name,
         "shape": list(shape),
-        "nested_blocksize": BNB_NESTED_BLOCKSIZE,
+        "nested_blocksize": scheme.nested_block_size,
         "nested_dtype": "float32",
         "nested_offset": offset,
     }
@@ -101,39 +93,43 @@ def quant_state_width(quant_type: str, shape: Sequence[int], dtype_name: str) ->
     return len(text.encode()) - len("0.0") + OFFSET_WIDTH
 
 
-def quanto_group_size(in_features: int) -> int | None:
+def quanto_group_size(in_features: int, scheme: Scheme = QUANTIZE_SCHEMES["int4"]) -> int | None:
     """optimum-quanto's rule for qint4 weights (QModuleMixin): 128, else the largest multiple of 32
     above it that divides the input width; None (one group per output row) for inputs of 128 or less."""
-    group = QUANTO_GROUP_SIZE
+    assert scheme.block_size is not None and scheme.min_group_size is not None
+    group, step = scheme.block_size, scheme.min_group_size
     if in_features <= group:
         return None
-    while in_features % group and group > QUANTO_MIN_GROUP_SIZE:
-        group -= QUANTO_MIN_GROUP_SIZE
+    while in_features % group and group > step:
+        group -= step
     return group if in_features % group == 0 else None
 
 
 def linear_weight_tensors(scheme: str, module: str, out_features: int, in_features: int, compute: str) -> list[LayoutTensor]:
     """What one quantized Linear weight is stored as (its bias is stored like any other tensor)."""
     n = out_features * in_features
-    if scheme in ("nf4", "fp4"):
-        blocks = math.ceil(n / BNB_BLOCKSIZE)
-        width = quant_state_width(scheme, (out_features, in_features), COMPUTE_DTYPES[compute][1])
+    found = QUANTIZE_SCHEMES.get(scheme)
+    layout = found.layout if found is not None else None
+    if found is not None and layout == "bnb_4bit":
+        assert found.block_size is not None and found.nested_block_size is not None
+        blocks = math.ceil(n / found.block_size)
+        width = quant_state_width(scheme, (out_features, in_features), COMPUTE[compute].torch)
         return [
             LayoutTensor(f"{module}.weight", "U8", ((n + 1) // 2, 1)),
             LayoutTensor(f"{module}.weight.absmax", "U8", (blocks,)),
-            LayoutTensor(f"{module}.weight.nested_absmax", "F32", (math.ceil(blocks / BNB_NESTED_BLOCKSIZE),)),
-            LayoutTensor(f"{module}.weight.nested_quant_map", "F32", (BNB_NESTED_CODE_ENTRIES,)),
-            LayoutTensor(f"{module}.weight.quant_map", "F32", (BNB_CODE_ENTRIES,)),
+            LayoutTensor(f"{module}.weight.nested_absmax", "F32", (math.ceil(blocks / found.nested_block_size),)),
+            LayoutTensor(f"{module}.weight.nested_quant_map", "F32", (found.nested_code_entries,)),
+            LayoutTensor(f"{module}.weight.quant_map", "F32", (found.code_entries,)),
             LayoutTensor(f"{module}.weight.quant_state.bitsandbytes__{scheme}", "U8", (width,)),
         ]
-    if scheme == "int8":
+    if layout == "bnb_int8":
         return [
             LayoutTensor(f"{module}.weight", "I8", (out_features, in_features)),
             LayoutTensor(f"{module}.SCB", "F32", (out_features,)),
             LayoutTensor(f"{module}.weight_format", "U8", ()),
         ]
-    if scheme == "int4":
-        group = quanto_group_size(in_features)
+    if found is not None and layout == "quanto_int4":
+        group = quanto_group_size(in_features, found)
         rows, columns = (n // group, group) if group else (out_features, in_features)
         dtype = compute_dtype(compute)
         return [
