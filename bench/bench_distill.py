@@ -40,9 +40,9 @@ def main() -> None:
     import torch
 
     from hpspec.cli.app import main as hpspec
-    from hpspec.method.distill.train import distill_demo
+    from hpspec.stages.distill import distill_demo
     from hpspec.method.evaluate import evaluate_demo
-    from hpspec.weights.prune import load_pretrained
+    from hpspec.weights.load import load_pretrained
 
     torch.set_num_threads(args.threads)
     out: Path = args.out

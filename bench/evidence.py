@@ -32,11 +32,11 @@ import torch
 from hpspec.method.analyze import Settings, analyze, demo_subject
 from hpspec.cli.app import main as hpspec
 from hpspec.demo import default_prompts
-from hpspec.method.distill.train import distill_demo
+from hpspec.stages.distill import distill_demo
 from hpspec.method.evaluate import evaluate
 from hpspec.core.io import dumps_json, write_text_atomic
-from hpspec.weights.prune import load_pretrained
-from hpspec.weights.quantize import quantize_dir
+from hpspec.weights.load import load_pretrained
+from hpspec.stages.quantize import quantize_dir
 from hpspec.plan.schema import load_plan_file
 
 # Fixed before any row was measured: the same for every row.

@@ -39,9 +39,43 @@ class TargetError(HpspecError):
     """A target (built-in name, directory, config or checkpoint) cannot be described as a graph."""
 
 
+class ArchitectureDataError(HpspecError):
+    """An architecture data file is malformed: a bug in hpspec's data, reported precisely."""
+
+
 class CheckpointError(HpspecError):
     """A checkpoint on disk is missing, broken, unsupported or does not match the plan."""
 
 
 class PlanError(HpspecError):
     """A plan file is malformed, or does not fit the model it is applied to."""
+
+
+class SensitivityError(HpspecError):
+    """A sensitivity table is malformed or does not fit the model it is used with."""
+
+
+class ReportError(HpspecError):
+    """A report input is malformed, or the report cannot be rendered here."""
+
+
+class ImageError(HpspecError):
+    """An image payload (a report's image grid) is malformed."""
+
+
+class GuidanceError(HpspecError):
+    """The sensitivity guidance (SGDistill) cannot be computed for this plan and table."""
+
+
+class DataError(HpspecError):
+    """A distillation data source is malformed or does not fit the model."""
+
+
+class DistillError(HpspecError):
+    """The distill stage cannot run with these inputs."""
+
+
+class DistillStopped(DistillError):
+    """The run stopped early as asked (`--stop-after`); its checkpoint resumes it (exit 3)."""
+
+    exit_code = 3

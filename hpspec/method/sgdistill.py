@@ -22,16 +22,12 @@ import statistics
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
-from hpspec.core.errors import HpspecError
+from hpspec.core.errors import GuidanceError
 from hpspec.model.graph import ModelGraph
 from hpspec.plan.plan import Plan
 from hpspec.method.sensitivity import Entry, SensitivityTable
 
 EPSILON_FRACTION = 0.05
-
-
-class GuidanceError(HpspecError):
-    """The sensitivity guidance cannot be computed for this plan and table."""
 
 
 @dataclass(frozen=True)

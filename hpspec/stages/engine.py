@@ -1,14 +1,12 @@
-"""stages: compile = prune -> distill -> quantize, each stage a directory under OUT.
+"""engine: how one stage runs, whichever it is (the stages themselves: prune.py, distill.py,
+quantize.py; their order and `compile`: pipeline.py).
 
 Each stage reads a model directory (the original, or the stage before's output) and writes its
 own (`OUT/pruned`, `OUT/distilled`, `OUT/quantized`) with the plan that produced it, its
 provenance and a short model card. Stages are resumable: a finished stage whose plan and input
 have not changed is not redone (`--force` redoes it). A stage first checks everything it can
 without writing (`prepare`), then writes into a temporary sibling renamed into place at the end,
-so a failure leaves nothing at the output path.
-
-`compile` runs every declared stage that can run; when one cannot (distill without `--data`), it
-stops and prints the command that continues from there. Every stage writes its `report.html`.
+so a failure leaves nothing at the output path. Every stage writes its `report.html`.
 """
 
 from __future__ import annotations
@@ -16,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,12 +21,20 @@ from typing import Any, Callable, Mapping
 
 from hpspec.core.version import __version__
 from hpspec.core import faults
-from hpspec.core.errors import HpspecError
+from hpspec.core.errors import HpspecError, PlanError
 from hpspec.core.io import atomic_directory, dumps_json, read_json_input, sweep_stale_siblings
-from hpspec.core.paths import CARD_NAME, PROVENANCE_NAME, REPORT_NAME
+from hpspec.core.paths import PLAN_NAME, PROVENANCE_NAME, REPORT_NAME
+from hpspec.model import targets
 from hpspec.plan.plan import Plan
+from hpspec.plan.schema import load_plan_file
 
 Writer = Callable[[Path], dict[str, Any]]  # fills a temporary directory, returns provenance extras
+
+# What a stage directory's plan must share with the plan of a later stage that reads it (distill,
+# quantize): the model, the blocks and parts kept, the config rewrite, the parameter count, and
+# the freeze set the loader applies. (`bytes` follows from these; its after_quantize is the
+# quantize stage's own prediction, absent from a plan without `quantize`.)
+PRUNING_FIELDS = ("target", "stacks", "config", "ops", "freeze", "params")
 
 
 @dataclass(frozen=True)
@@ -59,163 +64,8 @@ class StageResult:
     provenance: Mapping[str, Any]
 
 
-@dataclass(frozen=True)
-class CompileResult:
-    results: tuple[StageResult, ...]
-    stopped: str | None  # why compile stopped before the last declared stage, with the command that continues
-
-
 # --------------------------------------------------------------------------------------------
-# The stages
-
-
-def _prepare_prune(given: StageInput) -> Writer:
-    """Validate the checkpoint against the plan now; the returned writer only copies bytes."""
-    from hpspec.weights.checkpoint import check_fingerprint, open_source, pruned_layout, write_pruned
-
-    source = open_source(given.source)
-    if given.options.get("verify"):  # opt in: reads every byte, where pruning copies in the kernel
-        from hpspec.weights.verify import verify_finite
-
-        verify_finite(source.headers)
-    check_fingerprint(given.plan, source.graph, str(source.directory))
-    pruned_layout(given.plan, source)  # raises on a tensor the plan cannot rewrite
-
-    def write(tmp: Path) -> dict[str, Any]:
-        written = write_pruned(given.plan, source, tmp, progress=given.progress)
-        (tmp / CARD_NAME).write_text(model_card(given.plan, source.directory), encoding="utf-8")
-        return {
-            "source_model": str(source.directory),
-            "source_sha256": dict(written.source_sha256),
-            "files": list(written.files),
-            "tensors": written.tensors,
-            "params": written.params,
-            "bytes": written.nbytes,
-        }
-
-    return write
-
-
-def _prepare_distill(given: StageInput) -> Writer:
-    """hpspec.distill (torch, accelerate) is imported only when the stage runs."""
-    from hpspec.method.distill.train import prepare_distill
-
-    return prepare_distill(given)
-
-
-def _prepare_quantize(given: StageInput) -> Writer:
-    """Load and validate the input now; the writer quantizes and writes (hpspec.quantize)."""
-    from hpspec.weights.quantize import prepare_stage
-
-    return prepare_stage(given)
-
-
-STAGES: tuple[Stage, ...] = (
-    Stage("prune", "pruned", lambda plan: True, _prepare_prune,
-          depends=("target", "stacks", "config", "ops", "freeze", "params", "bytes")),
-    Stage("distill", "distilled", lambda plan: plan.distill is not None, _prepare_distill,
-          depends=("distill",), requires=("data",), keyed=("teacher", "sensitivity")),
-    Stage("quantize", "quantized", lambda plan: plan.quantize is not None, _prepare_quantize, depends=("quantize",)),
-)  # fmt: skip
-
-
-def stage(name: str) -> Stage:
-    return next(s for s in STAGES if s.name == name)
-
-
-# --------------------------------------------------------------------------------------------
-# Inputs: the model directory and the plan
-
-
-def resolve_model(value: str) -> Path:
-    """`--model`: a path, or `demo` for the embedded demo transformer."""
-    from hpspec.model.graph import DEMO, demo_directory
-
-    return demo_directory() if value == DEMO else Path(value)
-
-
-def load_stage_plan(spec_or_plan: str, model: Path, target: str | None = None) -> tuple[Plan, str]:
-    """The plan a stage runs: a plan file (*.json) as written, or a spec compiled now.
-
-    A spec is checked against `--target`, else its own `target`, else the model itself (validated as
-    the prune stage will read it). Returns the
-    plan and the spec's warnings, rendered (empty for a plan file).
-    """
-    from hpspec.lang import syntax
-    from hpspec.plan.check import check, load_target
-    from hpspec.weights.checkpoint import open_source
-    from hpspec.lang.parse import parse_file
-    from hpspec.plan.plan import compile_plan
-    from hpspec.plan.schema import load_plan_file
-    from hpspec.plan.summary import diagnostics_text
-
-    if spec_or_plan.endswith(".json"):
-        if target is not None:
-            raise HpspecError(f"{spec_or_plan}: --target applies to specs; a plan already names its target")
-        return load_plan_file(Path(spec_or_plan)), ""
-    spec = parse_file(spec_or_plan)
-    has_target = target is not None or bool(spec.of_type(syntax.Target))
-    graph = load_target(spec, target) if has_target else open_source(model).graph
-    checked = check(spec, graph)
-    return compile_plan(checked), diagnostics_text(checked.diagnostics, spec.source)
-
-
-# --------------------------------------------------------------------------------------------
-# Running stages
-
-
-def compile_model(
-    plan: Plan,
-    model: Path,
-    out: Path,
-    force: bool = False,
-    options: Mapping[str, Any] | None = None,
-    progress: bool = True,
-    model_label: str | None = None,
-) -> CompileResult:
-    """Run every declared stage that can run, in order, each into OUT/<its directory>.
-
-    `model_label` is `--model` as the user wrote it (`demo`), for the command that continues.
-    """
-    options = dict(options or {})
-    out = Path(out)
-    created = not out.exists()
-    results: list[StageResult] = []
-    source = Path(model)
-    try:
-        for step in STAGES:
-            if not step.declared(plan):
-                continue
-            stop = _cannot_run(step, source, _continue_command(plan, model_label or str(model), out, options, step.requires), options)
-            if stop is not None:
-                return CompileResult(tuple(results), stop)
-            results.append(run_stage(step, StageInput(plan, source, options, progress), out / step.directory, force))
-            source = out / step.directory
-    except BaseException:
-        if created and out.is_dir() and not any(out.iterdir()):
-            out.rmdir()  # nothing at the output path after a failure
-        raise
-    return CompileResult(tuple(results), None)
-
-
-def _cannot_run(step: Stage, source: Path, command: str, options: Mapping[str, Any]) -> str | None:
-    if step.prepare is None:
-        return (
-            f"{step.name} is declared by the spec, but this version of hpspec ({__version__}) does not implement it; "
-            f"the model so far is in {source}. A version that does continues from there with: {command}"
-        )
-    missing = [option for option in step.requires if options.get(option) is None]
-    if missing:
-        flags = ", ".join(f"--{m}" for m in missing)
-        return f"{step.name} needs {flags}; the model so far is in {source}. Continue with: {command}"
-    return None
-
-
-def _continue_command(plan: Plan, model: str, out: Path, options: Mapping[str, Any], requires: tuple[str, ...]) -> str:
-    """The same compile again: finished stages are not redone, so it picks up where this one stopped."""
-    flags = "".join(f" --{name} {options[name]}" for name in ("target",) if options.get(name) is not None)
-    flags += "".join(f" --{name} {options.get(name) or name.upper()}" for name in requires)
-    return f"hpspec compile {plan.spec.path} --model {model} --out {out}{flags}"
+# Running a stage
 
 
 def run_stage(step: Stage, given: StageInput, out: Path, force: bool = False) -> StageResult:
@@ -254,13 +104,10 @@ def run_stage(step: Stage, given: StageInput, out: Path, force: bool = False) ->
 
 def _write_report(path: Path, given: StageInput) -> None:
     """Every stage carries the plan's report, with the sensitivity table when one was given."""
-    from hpspec.report.html import ReportInputs, write_report
-    from hpspec.method.sensitivity import load_table
+    from hpspec.report.html import write_report
+    from hpspec.report.inputs import stage_inputs
 
-    table = given.options.get("sensitivity")
-    scales_file = path.parent / "scales.json"  # written by the distill stage
-    scales = json.loads(scales_file.read_text()) if scales_file.is_file() else None
-    write_report(path, ReportInputs(given.plan, sensitivity=load_table(Path(table)) if table else None, scales=scales))
+    write_report(path, stage_inputs(path.parent, given.plan, given.options.get("sensitivity")))
 
 
 def _refuse_overlap(source: Path, out: Path) -> None:
@@ -309,61 +156,21 @@ def _stat(path: Path) -> tuple[int, int]:
 
 
 # --------------------------------------------------------------------------------------------
-# The model card
+# Inputs
 
 
-def model_card(plan: Plan, source: Path) -> str:
-    """README.md of a pruned directory: what was done, and how to load it."""
-    from hpspec.plan.summary import plan_text
+def resolve_model(value: str) -> Path:
+    """`--model` (and `--teacher`): a path, or `demo` for the embedded demo transformer."""
+    return targets.demo_directory() if value == targets.DEMO else Path(value)
 
-    family_class = {"sd3": "SD3Transformer2DModel", "flux": "FluxTransformer2DModel"}.get(plan.target.family, "transformer")
-    parts = any(op.kind == "drop_part" for op in plan.ops)
-    if parts:
-        loading = (
-            "Parts of blocks were replaced by parameter-free stand-ins, so plain diffusers `from_pretrained` "
-            "does not rebuild this model (it would re-create the dropped parts with random weights). Load it with hpspec:"
+
+def require_same_pruning(plan: Plan, directory: Path, stage: str) -> None:
+    """`directory` (a stage directory hpspec wrote) was pruned by `plan`, or a PlanError naming the
+    field that differs: `stage` reads the output of the same spec's prune stage only."""
+    written = load_plan_file(Path(directory) / PLAN_NAME)
+    differs = next((name for name in PRUNING_FIELDS if getattr(written, name) != getattr(plan, name)), None)
+    if differs is not None:
+        raise PlanError(
+            f"{directory}: was pruned by another plan ({written.spec.path}; its `{differs}` differs from "
+            f"{plan.spec.path}'s); {stage} the output of the same spec's prune stage"
         )
-    else:
-        loading = f"Only whole blocks were removed: plain diffusers loads it (`{family_class}.from_pretrained(DIR)`), and so does hpspec:"
-    return "\n".join(
-        [
-            f"# {plan.target.name}, pruned by hpspec",
-            "",
-            f"A diffusers `{family_class}` pruned from `{source}` by hpspec {__version__} "
-            "(HierarchicalPrune's position pruning). `plan.json` is the exact plan, `provenance.json` and the "
-            "safetensors metadata record the sha256 of the source shards.",
-            "",
-            "```",
-            plan_text(plan).rstrip(),
-            "```",
-            "",
-            "Spec:",
-            "",
-            "```",
-            plan.spec.source.rstrip(),
-            "```",
-            "",
-            loading,
-            "",
-            "```python",
-            "import hpspec",
-            "",
-            'transformer = hpspec.load_pretrained("DIR")  # DIR: this directory',
-            "```",
-            "",
-        ]
-    )
-
-
-def report(result: CompileResult, stream: Any = None) -> None:
-    """One line per stage, then where compile stopped (if it did)."""
-    stream = stream or sys.stdout
-    for item in result.results:
-        if item.status == "up to date":
-            stream.write(f"{item.stage}: {item.out} is up to date (same plan and input); --force redoes it\n")
-        else:
-            params = item.provenance.get("params")
-            detail = f", {params:,} parameters" if isinstance(params, int) else ""
-            stream.write(f"{item.stage}: wrote {item.out}{detail} in {item.provenance.get('seconds', 0):.1f} s\n")
-    if result.stopped:
-        stream.write(f"stopped: {result.stopped}\n")

@@ -1,4 +1,6 @@
-"""quantize: the method's last stage. Every `nn.Linear` of a pruned transformer becomes 4-bit (or
+"""quantize: a live pruned transformer quantized, and its tensors as the quantize stage writes them.
+
+Every `nn.Linear` of a pruned transformer becomes 4-bit (or
 8-bit) weights with 16-bit activations; what the spec's `except` names and every non-Linear module
 (patch embedding, norms, biases) stay unquantized at the compute dtype.
 
@@ -11,31 +13,34 @@ each library's own constructors for pre-quantized weights.
 
 What the stage writes is predicted tensor by tensor, without torch, by `quantize_layout`; the plan's
 `bytes.after_quantize` is that prediction, and the stage checks every written tensor against it.
+The stage itself (validation, the output directory) is `hpspec.stages.quantize`; loading a
+quantized directory back is `load.load_quantized`.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from hpspec.core.version import __version__
-from hpspec.weights.checkpoint import dropped_part_modules, renamed, shard_names
-from hpspec.core.errors import CheckpointError, HpspecError, PlanError
-from hpspec.core.paths import CARD_NAME, CONFIG_NAME, PLAN_NAME, WEIGHTS_INDEX_SUFFIX, WEIGHTS_NAME
+from hpspec.weights.checkpoint.layout import shard_names
+from hpspec.core.errors import HpspecError, PlanError
+from hpspec.core.paths import CONFIG_NAME, PLAN_NAME, WEIGHTS_INDEX_SUFFIX, WEIGHTS_NAME
 from hpspec.core.io import dumps_json
-from hpspec.plan.plan import QUANTIZE_BACKENDS, Plan, QuantizePlan
-from hpspec.plan.quantize_layout import COMPUTE_DTYPES, LayoutTensor, SourceTensor, quantized_layout, under, weight_bytes
+from hpspec.model.safetensors_header import TORCH_DTYPES as NAMES
+from hpspec.plan.plan import Plan, QuantizePlan
+from hpspec.plan.schemes import COMPUTE, QUANTIZE_BACKENDS, QUANTIZE_SCHEMES
+from hpspec.plan.quantize_layout import LayoutTensor, SourceTensor, quant_state_width, under, weight_bytes
+from hpspec.weights.surgery import set_module
 
-TORCH_DTYPES: Mapping[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+TORCH_DTYPES: Mapping[str, torch.dtype] = {name: getattr(torch, dtype.torch) for name, dtype in COMPUTE.items()}
 MAX_SHARD_BYTES = 10 * 10**9  # diffusers' default `max_shard_size` ("10GB")
-INSTALL = {"bitsandbytes": "hpspec[bnb]", "optimum-quanto": "hpspec[quanto]"}
-PRUNE_FIELDS = ("target", "stacks", "config", "ops")  # what a stage directory's plan must share with the one quantizing it
 
 
 # --------------------------------------------------------------------------------------------
@@ -53,7 +58,7 @@ def backend(scheme: str) -> ModuleType:
         else:
             from hpspec.weights.backends import quanto as module
     except ImportError as error:
-        raise HpspecError(f"quantize {scheme} needs {library} ({error}); install {INSTALL[library]}") from None
+        raise HpspecError(f"quantize {scheme} needs {library} ({error}); install {QUANTIZE_SCHEMES[scheme].install}") from None
     return module
 
 
@@ -75,11 +80,6 @@ def linears(model: nn.Module) -> Iterator[tuple[str, nn.Linear]]:
             yield path, module
 
 
-def _set(model: nn.Module, path: str, module: nn.Module) -> None:
-    parent_path, _, name = path.rpartition(".")
-    setattr(model.get_submodule(parent_path) if parent_path else model, name, module)
-
-
 # --------------------------------------------------------------------------------------------
 # Quantizing a live model
 
@@ -94,7 +94,7 @@ def quantize_model(model: nn.Module, quantize: QuantizePlan) -> list[str]:
     for path, linear in list(linears(model)):
         if under(path, quantize.except_modules):
             continue
-        _set(model, path, module.quantize_linear(linear, quantize.scheme, compute))
+        set_module(model, path, module.quantize_linear(linear, quantize.scheme, compute))
         replaced.append(path)
     model.requires_grad_(False)
     return replaced
@@ -119,8 +119,6 @@ def quantized_state(model: nn.Module, scheme: str) -> dict[str, torch.Tensor]:
 
 def _padded_quant_state(tensor: torch.Tensor, scheme: str) -> torch.Tensor:
     """The quant state's JSON with trailing spaces up to its fixed width (`quantize_layout`)."""
-    from hpspec.plan.quantize_layout import quant_state_width
-
     data = json.loads(bytes(tensor.numpy()).decode("utf-8"))
     width = quant_state_width(scheme, data["shape"], data["dtype"])
     raw = bytes(tensor.numpy())
@@ -131,8 +129,6 @@ def _padded_quant_state(tensor: torch.Tensor, scheme: str) -> torch.Tensor:
 
 def check_layout(state: Mapping[str, torch.Tensor], layout: Sequence[LayoutTensor]) -> None:
     """Every tensor as `quantize_layout` predicted it (name, dtype, shape), no more, no fewer."""
-    from hpspec.model.safetensors_header import TORCH_DTYPES as NAMES
-
     expected = {t.name: (t.dtype, tuple(t.shape)) for t in layout}
     actual = {name: (NAMES[str(t.dtype).removeprefix("torch.")], tuple(t.shape)) for name, t in state.items()}
     if actual != expected:
@@ -153,7 +149,7 @@ def quantization_config(quantize: QuantizePlan, skipped: Sequence[str]) -> dict[
     return {
         "_load_in_4bit": four_bit,
         "_load_in_8bit": not four_bit,
-        "bnb_4bit_compute_dtype": COMPUTE_DTYPES[quantize.compute][1] if four_bit else "float32",
+        "bnb_4bit_compute_dtype": COMPUTE[quantize.compute].torch if four_bit else "float32",
         "bnb_4bit_quant_storage": "uint8",
         "bnb_4bit_quant_type": quantize.scheme if four_bit else "fp4",
         "bnb_4bit_use_double_quant": four_bit,
@@ -240,220 +236,3 @@ def _shards(state: Mapping[str, torch.Tensor]) -> list[list[str]]:
         shards[-1].append(name)
         size += nbytes
     return shards
-
-
-# --------------------------------------------------------------------------------------------
-# The stage
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """A validated quantize job: the model loaded at the compute dtype, its predicted output."""
-
-    plan: Plan
-    source: Path
-    model: nn.Module
-    config: Mapping[str, Any]
-    layout: list[LayoutTensor]
-
-
-def prepare(plan: Plan, source: Path) -> Prepared:
-    """Check everything before anything is written: the plan, the input directory, its weights."""
-    from hpspec.model.graph import read_config
-    from hpspec.weights.prune import load_pretrained
-    from hpspec.plan.schema import load_plan_file
-
-    if plan.quantize is None:
-        raise PlanError(f"the plan of {plan.spec.path} has no `quantize` statement")
-    backend(plan.quantize.scheme)
-    source = Path(source)
-    if not (source / PLAN_NAME).is_file():
-        raise CheckpointError(f"{source}: no {PLAN_NAME}; quantize reads a stage directory hpspec wrote (run `hpspec prune` first)")
-    config = read_config(source / CONFIG_NAME)
-    if "quantization_config" in config:
-        raise CheckpointError(f"{source}: is already quantized ({config['quantization_config'].get('quant_method')})")
-    _check_same_pruning(plan, load_plan_file(source / PLAN_NAME), source)
-    model = load_pretrained(source, torch_dtype=TORCH_DTYPES[plan.quantize.compute])
-    layout = quantized_layout(source_tensors(model), plan.quantize.scheme, plan.quantize.compute, plan.quantize.except_modules)
-    if plan.bytes.after_quantize is not None and plan.bytes.after_quantize != weight_bytes(layout):
-        raise PlanError(
-            f"{source}: would quantize to {weight_bytes(layout)} bytes of weights, the plan says "
-            f"{plan.bytes.after_quantize}; the plan does not fit this model"
-        )
-    return Prepared(plan, source, model, config, layout)
-
-
-def _check_same_pruning(plan: Plan, source_plan: Plan, source: Path) -> None:
-    for name in PRUNE_FIELDS:
-        if getattr(plan, name) != getattr(source_plan, name):
-            raise PlanError(
-                f"{source}: was pruned by another plan ({source_plan.spec.path}; its `{name}` differs from "
-                f"{plan.spec.path}'s); quantize the output of the same spec's prune stage"
-            )
-
-
-def run(prepared: Prepared, out: Path) -> Quantized:
-    """Quantize the prepared model and write it into the (empty) directory `out`."""
-    plan = prepared.plan
-    assert plan.quantize is not None
-    kept = [path for path, _ in linears(prepared.model) if under(path, plan.quantize.except_modules)]
-    replaced = quantize_model(prepared.model, plan.quantize)
-    written = write_quantized(prepared.model, plan, Path(out), prepared.config, prepared.layout, replaced, kept)
-    (Path(out) / CARD_NAME).write_text(model_card(plan, prepared.source, written), encoding="utf-8")
-    return written
-
-
-def prepare_stage(given: Any) -> Callable[[Path], dict[str, Any]]:
-    """The quantize Stage's `prepare` (hpspec.stages): validate now, return the writer."""
-    prepared = prepare(given.plan, given.source)
-
-    def write(tmp: Path) -> dict[str, Any]:
-        written = run(prepared, tmp)
-        return {
-            "source_model": str(prepared.source),
-            "scheme": prepared.plan.quantize.scheme if prepared.plan.quantize else None,
-            "files": list(written.files),
-            "tensors": written.tensors,
-            "params": prepared.plan.params.after_prune,
-            "bytes": written.weight_bytes,
-            "quantized_linears": written.linears,
-            "full_precision_linears": list(written.full_precision),
-            "diffusers_readable": written.diffusers_readable,
-        }
-
-    return write
-
-
-def quantize_dir(source: str | Path, out: str | Path, plan: Plan, scheme: str | None = None, compute: str = "bf16") -> Quantized:
-    """Quantize a stage directory (`OUT/pruned`, `OUT/distilled`) into `out` (which must not exist).
-
-    `scheme` quantizes with that scheme (no exceptions) when the plan has no `quantize` of its own;
-    `out/plan.json` is then the plan with that quantization and its byte count.
-    """
-    from hpspec.core.io import atomic_directory
-
-    if scheme is not None:
-        plan = with_quantize(plan, scheme, compute)
-    prepared = prepare(plan, Path(source))
-    if plan.bytes.after_quantize is None:
-        plan = replace(plan, bytes=replace(plan.bytes, after_quantize=weight_bytes(prepared.layout)))
-        prepared = replace(prepared, plan=plan)
-    if Path(out).exists():
-        raise HpspecError(f"{out}: already exists")
-    with atomic_directory(Path(out)) as tmp:
-        return run(prepared, tmp)
-
-
-def with_quantize(plan: Plan, scheme: str, compute: str = "bf16") -> Plan:
-    """The plan with `quantize SCHEME` (nothing excepted); its byte count is left to the stage."""
-    if scheme not in QUANTIZE_BACKENDS or compute not in TORCH_DTYPES:
-        raise PlanError(f"quantize {scheme} compute={compute}: schemes are {', '.join(QUANTIZE_BACKENDS)}, compute {', '.join(TORCH_DTYPES)}")
-    quantize = QuantizePlan(scheme, QUANTIZE_BACKENDS[scheme], compute, [])
-    return replace(plan, quantize=quantize, bytes=replace(plan.bytes, after_quantize=None))
-
-
-def model_card(plan: Plan, source: Path, written: Quantized) -> str:
-    from hpspec.plan.summary import human_bytes, plan_text
-
-    assert plan.quantize is not None
-    q = plan.quantize
-    family = {"sd3": "SD3Transformer2DModel", "flux": "FluxTransformer2DModel"}.get(plan.target.family, "transformer")
-    if written.diffusers_readable and q.scheme == "int4":
-        plain = f"Plain diffusers reads it too (`{family}.from_pretrained(DIR)`, optimum-quanto installed)."
-    elif written.diffusers_readable:
-        plain = f"On a GPU machine plain diffusers reads it too (`{family}.from_pretrained(DIR)`, bitsandbytes installed)."
-    else:
-        plain = ("Plain diffusers `from_pretrained` does not rebuild it (parts of blocks were replaced by stand-ins, "
-                 "or an exception is one diffusers cannot name): load it with hpspec.")  # fmt: skip
-    kept = ", ".join(written.full_precision) or "none"
-    return "\n".join([
-        f"# {plan.target.name}, pruned and quantized ({q.scheme}) by hpspec",
-        "",
-        f"Every Linear of the transformer in `{source}` as {q.scheme} weights ({q.backend}), activations and every "
-        f"other module at {q.compute}: {written.linears} Linears quantized, kept in full precision: {kept}. "
-        f"Weights: {human_bytes(written.weight_bytes)} (`plan.json`: bytes.after_quantize).",
-        "",
-        "```", plan_text(plan).rstrip(), "```",
-        "",
-        plain,
-        "",
-        "```python", "import hpspec", "", 'transformer = hpspec.load_pretrained("DIR")  # DIR: this directory', "```",
-        "",
-    ])  # fmt: skip
-
-
-# --------------------------------------------------------------------------------------------
-# Loading
-
-
-def load_quantized(directory: Path, plan: Plan, config: Mapping[str, Any], torch_dtype: torch.dtype | None = None) -> nn.Module:
-    """A quantized transformer from a directory the quantize stage wrote, every tensor from its files.
-
-    The pruned architecture is rebuilt as `load_pretrained` does; the Linears the plan quantizes
-    become empty quantized modules filled through each library's own loader for pre-quantized
-    weights; every other tensor is assigned strictly (a missing or unexpected tensor is an error).
-    """
-    from hpspec.weights.prune import _empty_model, _replace_part
-
-    quantize = plan.quantize
-    if quantize is None:
-        raise CheckpointError(f"{directory}: config.json says quantized, but its {PLAN_NAME} has no `quantize`")
-    compute = TORCH_DTYPES[quantize.compute]
-    if torch_dtype is not None and torch_dtype != compute:
-        raise CheckpointError(f"{directory}: is quantized with compute {quantize.compute}; it loads at that dtype only")
-    module = backend(quantize.scheme)
-    model = _empty_model({k: v for k, v in config.items() if k != "quantization_config"}, directory)
-    for old in dropped_part_modules(plan):
-        new = renamed(plan, old)
-        if new is not None:
-            _replace_part(model, new)
-    quantized = {}
-    for path, linear in list(linears(model)):
-        if not under(path, quantize.except_modules):
-            empty = module.empty_linear(linear.in_features, linear.out_features, linear.bias is not None, quantize.scheme, compute)
-            _set(model, path, empty)
-            quantized[path] = empty
-    _load_tensors(model, quantized, module, directory)
-    _check_count(model, quantized, plan, directory)
-    return model.requires_grad_(False).eval()
-
-
-def _load_tensors(model: nn.Module, quantized: Mapping[str, nn.Module], module: ModuleType, directory: Path) -> None:
-    from safetensors.torch import load_file
-
-    from hpspec.model.graph import find_transformer
-
-    _, shards = find_transformer(directory)
-    state: dict[str, torch.Tensor] = {}
-    for shard in shards:
-        state.update(load_file(shard))
-    for path, empty in quantized.items():
-        prefix = path + "."
-        own = {name[len(prefix) :]: state.pop(name) for name in [n for n in state if n.startswith(prefix)]}
-        missing = sorted(module.linear_names(empty) - set(own))
-        if missing:
-            raise CheckpointError(f"{directory}: the files lack {prefix}{missing[0]} of the quantized {path}")
-        try:
-            module.load_linear(empty, own)
-        except (ValueError, KeyError, RuntimeError) as error:
-            raise CheckpointError(f"{directory}: {path} does not load as {type(empty).__name__}: {error}") from None
-    expected = {n for n in model.state_dict() if not any(n.startswith(p + ".") for p in quantized)}
-    unexpected = sorted(set(state) - expected)
-    if unexpected:
-        raise CheckpointError(f"{directory}: holds {unexpected[0]!r}, which the quantized model has no place for")
-    try:
-        model.load_state_dict(state, strict=False, assign=True)
-    except RuntimeError as error:
-        raise CheckpointError(f"{directory}: does not fit the quantized model: {str(error).splitlines()[-1].strip()}") from None
-    from hpspec.weights.prune import require_loaded
-
-    require_loaded(model, directory)
-
-
-def _check_count(model: nn.Module, quantized: Mapping[str, nn.Module], plan: Plan, directory: Path) -> None:
-    """The weights the quantized Linears stand for, plus every other parameter: the plan's count."""
-    inside = {id(p) for m in quantized.values() for p in m.parameters()}
-    count = sum(p.numel() for p in model.parameters() if id(p) not in inside)
-    count += sum(m.in_features * m.out_features + (m.bias.numel() if m.bias is not None else 0) for m in quantized.values())  # type: ignore[operator]
-    if count != plan.params.after_prune:
-        raise PlanError(f"{directory}: the quantized model stands for {count} parameters, the plan says {plan.params.after_prune}")

@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
 import hpspec  # noqa: E402
-from hpspec.stages.engine import STAGES  # noqa: E402
+from hpspec.stages.pipeline import STAGES  # noqa: E402
 
 from tests.conftest import REPO, CliResult  # noqa: E402
 from tests.tiny_models import build, forward, isolated, plan_for, same_tensors, save, state  # noqa: E402
@@ -115,10 +115,23 @@ def test_changed_plan_or_input_needs_force(cli: Callable[..., CliResult], tmp_pa
 
 
 def test_compile_runs_prune_then_quantize(cli: Callable[..., CliResult], tmp_path: Path, model: Path) -> None:
+    """The quantize stage reads the prune stage's output: the quantized model is the seeded model
+    pruned by the plan and then quantized in memory, and computes the same, bit for bit."""
+    from hpspec.plan.schema import load_plan_file
+    from hpspec.weights.quantize import quantize_model
+    from tests.tiny_models import inputs
+
     out = tmp_path / "out"
     result = cli("compile", write_spec(tmp_path, f"{SPEC}quantize nf4\n"), "--model", model, "--out", out)
     assert result.code == 0, result.err
     assert sorted(p.name for p in out.iterdir()) == ["pruned", "quantized"]
+    assert json.loads((out / "quantized" / "provenance.json").read_text())["source_model"] == str(out / "pruned")
+    plan = load_plan_file(out / "quantized" / "plan.json")
+    assert plan.quantize is not None and plan.quantize.scheme == "nf4"
+    live = hpspec.apply(plan, build("sd3"))
+    quantize_model(live, plan.quantize)
+    feed = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in inputs("sd3").items()}
+    assert torch.equal(forward(hpspec.load_pretrained(out / "quantized"), feed), forward(live, feed))
 
 
 def test_prune_single_stage_from_a_plan_file_or_a_spec(cli: Callable[..., CliResult], tmp_path: Path, model: Path) -> None:
@@ -143,9 +156,9 @@ def test_output_overlapping_the_input_is_refused(cli: Callable[..., CliResult], 
 def test_model_demo_resolves_to_the_demo_directory(
     cli: Callable[..., CliResult], tmp_path: Path, model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import hpspec.model.graph
+    import hpspec.model.targets
 
-    monkeypatch.setattr(hpspec.model.graph, "demo_directory", lambda: model)
+    monkeypatch.setattr(hpspec.model.targets, "demo_directory", lambda: model)
     result = cli("compile", write_spec(tmp_path, SPEC), "--model", "demo", "--out", tmp_path / "out")
     assert result.code == 0, result.err
     assert json.loads((tmp_path / "out" / "pruned" / "provenance.json").read_text())["source_model"] == str(model)

@@ -22,7 +22,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
 import hpspec  # noqa: E402
-from hpspec.weights.prune import apply, load_pretrained  # noqa: E402
+from hpspec.weights.load import load_pretrained  # noqa: E402
+from hpspec.weights.prune import apply  # noqa: E402
 from hpspec.model.safetensors_header import read_header  # noqa: E402
 
 from tests.conftest import CliResult  # noqa: E402
@@ -251,7 +252,7 @@ def test_pipeline_root_and_hugging_face_snapshot(cli: Callable[..., CliResult], 
 
 
 def test_source_digests_are_remembered_per_file_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import hpspec.weights.checkpoint as checkpoint
+    import hpspec.weights.checkpoint.source as checkpoint
 
     monkeypatch.setenv("HPSPEC_CACHE_DIR", str(tmp_path / "cache"))
     shard = tmp_path / "a.safetensors"
@@ -277,7 +278,7 @@ def test_source_digests_are_remembered_per_file_state(tmp_path: Path, monkeypatc
 def test_output_is_atomic_and_inputs_are_never_modified(
     cli: Callable[..., CliResult], tmp_path: Path, checkpoints: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import hpspec.weights.checkpoint as checkpoint
+    import hpspec.weights.checkpoint.writer as checkpoint
 
     source = checkpoints["sd3"]
     before = tree_digest(source)

@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequence
 
-from hpspec.core.errors import HpspecError
+from hpspec.core.errors import DataError
 from hpspec.core.io import atomic_directory, dumps_json, read_json_input
+from hpspec.model.arch import architecture
 from hpspec.model.safetensors_header import read_header
 
 if TYPE_CHECKING:
@@ -38,10 +39,6 @@ LATENTS, STATES, POOLED = "latents", "encoder_hidden_states", "pooled_projection
 DEMO = "demo"
 DEMO_UNCONDITIONAL_FRACTION = 0.1  # the demo model was trained with this prompt dropout (CFG)
 DEFAULT_UNCONDITIONAL_FRACTION = 0.1
-
-
-class DataError(HpspecError):
-    """A distillation data source is malformed or does not fit the model."""
 
 
 @dataclass(frozen=True)
@@ -84,15 +81,16 @@ def check_fits(data: DistillData, family: str, config: Mapping[str, Any], where:
     """The data's shapes against the transformer's config: channels, text width, pooled width, size."""
     channels, height, width = data.shapes.latent
     text_width, pooled = data.shapes.text[1], data.shapes.pooled
-    packing = 2 if family == "flux" else int(config.get("patch_size", 1))
-    wanted_channels = int(config["in_channels"]) // 4 if family == "flux" else int(config["in_channels"])
+    rule = architecture(family).latents
+    packing, wanted_channels = rule.multiple_for(config), rule.channels_for(config)
     problems = []
     if channels != wanted_channels:
         problems.append(f"latents have {channels} channels, the model takes {wanted_channels}")
     if height % packing or width % packing:
         problems.append(f"latents are {height}x{width}, not a multiple of the model's {packing}x{packing} patches")
-    if family != "flux" and max(height, width) // packing > int(config.get("pos_embed_max_size") or 10**9):
-        problems.append(f"latents of {height}x{width} exceed the model's pos_embed_max_size {config.get('pos_embed_max_size')}")
+    side = rule.max_side
+    if side is not None and max(height, width) // packing > int(config.get(side) or 10**9):
+        problems.append(f"latents of {height}x{width} exceed the model's {side} {config.get(side)}")
     if text_width != int(config["joint_attention_dim"]):
         problems.append(f"text embeddings are {text_width} wide, the model's joint_attention_dim is {config['joint_attention_dim']}")
     if pooled != int(config["pooled_projection_dim"]):

@@ -1,0 +1,131 @@
+"""pipeline: compile = prune -> distill -> quantize, each stage a directory under OUT.
+
+`STAGES` is the ordered registry (one module per stage: `prune`, `distill`, `quantize`, each
+exporting its `Stage`). `compile_model` runs every declared stage that can run; when one cannot
+(distill without `--data`), it stops and prints the command that continues from there.
+`load_stage_plan` is the plan a stage command runs (a plan file, or a spec compiled now).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from hpspec.core.errors import HpspecError
+from hpspec.core.version import __version__
+from hpspec.plan.front import plan_file
+from hpspec.plan.plan import Plan
+from hpspec.plan.schema import load_plan_file
+from hpspec.plan.summary import diagnostics_text
+from hpspec.stages.distill import DISTILL
+from hpspec.stages.engine import Stage, StageInput, StageResult, run_stage
+from hpspec.stages.prune import PRUNE
+from hpspec.stages.quantize import QUANTIZE
+from hpspec.weights.checkpoint.source import open_source
+
+STAGES: tuple[Stage, ...] = (PRUNE, DISTILL, QUANTIZE)
+"""Every stage, in the order compile runs them; each reads the directory the one before wrote."""
+
+
+def stage(name: str) -> Stage:
+    """The stage called `name` (its command): `stage("quantize").directory == "quantized"`."""
+    return next(s for s in STAGES if s.name == name)
+
+
+@dataclass(frozen=True)
+class CompileResult:
+    results: tuple[StageResult, ...]
+    stopped: str | None  # why compile stopped before the last declared stage, with the command that continues
+
+
+# --------------------------------------------------------------------------------------------
+# The plan
+
+
+def load_stage_plan(spec_or_plan: str, model: Path, target: str | None = None) -> tuple[Plan, str]:
+    """The plan a stage runs: a plan file (*.json) as written, or a spec compiled now.
+
+    A spec is checked against `--target`, else its own `target`, else the model itself (validated as
+    the prune stage will read it). Returns the plan and the spec's warnings, rendered (empty for a
+    plan file).
+    """
+    if spec_or_plan.endswith(".json"):
+        if target is not None:
+            raise HpspecError(f"{spec_or_plan}: --target applies to specs; a plan already names its target")
+        return load_plan_file(Path(spec_or_plan)), ""
+    plan, checked = plan_file(spec_or_plan, target, fallback=lambda: open_source(model).graph)
+    return plan, diagnostics_text(checked.diagnostics, checked.spec.source)
+
+
+# --------------------------------------------------------------------------------------------
+# Running the stages
+
+
+def compile_model(
+    plan: Plan,
+    model: Path,
+    out: Path,
+    force: bool = False,
+    options: Mapping[str, Any] | None = None,
+    progress: bool = True,
+    model_label: str | None = None,
+) -> CompileResult:
+    """Run every declared stage that can run, in order, each into OUT/<its directory>.
+
+    `model_label` is `--model` as the user wrote it (`demo`), for the command that continues.
+    """
+    options = dict(options or {})
+    out = Path(out)
+    created = not out.exists()
+    results: list[StageResult] = []
+    source = Path(model)
+    try:
+        for step in STAGES:
+            if not step.declared(plan):
+                continue
+            stop = _cannot_run(step, source, _continue_command(plan, model_label or str(model), out, options, step.requires), options)
+            if stop is not None:
+                return CompileResult(tuple(results), stop)
+            results.append(run_stage(step, StageInput(plan, source, options, progress), out / step.directory, force))
+            source = out / step.directory
+    except BaseException:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # nothing at the output path after a failure
+        raise
+    return CompileResult(tuple(results), None)
+
+
+def _cannot_run(step: Stage, source: Path, command: str, options: Mapping[str, Any]) -> str | None:
+    if step.prepare is None:
+        return (
+            f"{step.name} is declared by the spec, but this version of hpspec ({__version__}) does not implement it; "
+            f"the model so far is in {source}. A version that does continues from there with: {command}"
+        )
+    missing = [option for option in step.requires if options.get(option) is None]
+    if missing:
+        flags = ", ".join(f"--{m}" for m in missing)
+        return f"{step.name} needs {flags}; the model so far is in {source}. Continue with: {command}"
+    return None
+
+
+def _continue_command(plan: Plan, model: str, out: Path, options: Mapping[str, Any], requires: tuple[str, ...]) -> str:
+    """The same compile again: finished stages are not redone, so it picks up where this one stopped."""
+    flags = "".join(f" --{name} {options[name]}" for name in ("target",) if options.get(name) is not None)
+    flags += "".join(f" --{name} {options.get(name) or name.upper()}" for name in requires)
+    return f"hpspec compile {plan.spec.path} --model {model} --out {out}{flags}"
+
+
+def report(result: CompileResult, stream: Any = None) -> None:
+    """One line per stage, then where compile stopped (if it did)."""
+    stream = stream or sys.stdout
+    for item in result.results:
+        if item.status == "up to date":
+            stream.write(f"{item.stage}: {item.out} is up to date (same plan and input); --force redoes it\n")
+        else:
+            params = item.provenance.get("params")
+            detail = f", {params:,} parameters" if isinstance(params, int) else ""
+            stream.write(f"{item.stage}: wrote {item.out}{detail} in {item.provenance.get('seconds', 0):.1f} s\n")
+    if result.stopped:
+        stream.write(f"stopped: {result.stopped}\n")
