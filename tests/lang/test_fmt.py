@@ -14,9 +14,10 @@ from hypothesis import strategies as st
 from hpspec.plan.check import SCHEMES, check
 from hpspec.plan.diff import diff_plans
 from hpspec.lang.fmt import format_source
-from hpspec.model.graph import ModelGraph, resolve_target
+from hpspec.model.graph import ModelGraph
+from hpspec.model.targets import resolve_target
 from hpspec.lang.parse import parse
-from hpspec.plan.plan import compile_plan
+from hpspec.plan.compile import compile_plan
 
 from tests.conftest import GOLDEN, REPO, assert_golden
 

@@ -13,7 +13,9 @@ from hpspec.model.arch import builtin_models
 from hpspec.plan.check import check
 from hpspec.model.graph import graph_from_builtin
 from hpspec.lang.parse import parse
-from hpspec.plan.plan import Plan, compile_plan, plan_spec
+from hpspec.plan.compile import compile_plan
+from hpspec.plan.front import plan_spec
+from hpspec.plan.plan import Plan
 
 from tests.conftest import REPO
 

@@ -9,7 +9,7 @@ from hpspec.plan.check import check
 from hpspec.core.errors import HpspecError
 from hpspec.model.graph import graph_from_builtin
 from hpspec.lang.parse import parse
-from hpspec.plan.plan import compile_plan
+from hpspec.plan.compile import compile_plan
 
 GRAPHS = {name: graph_from_builtin(name) for name in ("sd3.5-large-turbo", "sd3.5-medium", "flux.1-schnell")}
 
