@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hpspec.report.html import check_evidence
+from hpspec.report.inputs import check_evidence
 
 from tests.conftest import REPO
 

@@ -331,7 +331,7 @@ def test_a_full_disk_is_a_clear_error_and_nothing_half_written(
 
 def test_pickle_weights_are_refused_everywhere(tmp_path: Path, good: Path, compiled: Path) -> None:
     from hpspec.cli.app import main
-    from hpspec.model.graph import graph_from_path
+    from hpspec.model.targets import graph_from_path
 
     model, pruned = tmp_path / "model", tmp_path / "pruned"
     shutil.copytree(good, model)
@@ -503,7 +503,8 @@ class _Structure(HTMLParser):
 def _page(tmp_path: Path, strings: list[str]) -> _Structure:
     """A report whose every user-supplied string (comments, file name, target, evidence, prompts) is from `strings`."""
     from hpspec.cli.app import main
-    from hpspec.report.html import load_inputs, render_report
+    from hpspec.report.html import render_report
+    from hpspec.report.inputs import load_inputs
     from hpspec.report.images import image_grid_payload
 
     directory = tmp_path / hashlib.sha256("".join(strings).encode()).hexdigest()[:8]

@@ -1,14 +1,33 @@
-"""`hpspec analyze` and `hpspec suggest`: sensitivity tables, and specs chosen from them."""
+"""`hpspec analyze`, `hpspec suggest` and `hpspec eval`: sensitivity tables, the specs chosen from
+them, and what a (pruned) demo-shaped model scores."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import shlex
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from hpspec.core.errors import SpecError, UsageError
+from hpspec.core.io import read_json_input, write_text_atomic
 from hpspec.core.paths import PLAN_NAME
+from hpspec.demo import default_prompts, read_prompts, transformer_dir
+from hpspec.lang.parse import parse
+from hpspec.method.analyze import Settings, analyze, demo_subject
+from hpspec.method.distill.loop import process_state
+from hpspec.method.evaluate import evaluate_demo, format_result, is_demo_transformer
+from hpspec.method.sensitivity import check_table_fits, import_reference, load_table
+from hpspec.method.suggest import Suggestion, render_spec, suggest
+from hpspec.model.graph import ModelGraph
+from hpspec.model.targets import DEMO, graph_from_path, resolve_target, target_names
+from hpspec.plan.check import Item, check
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -46,18 +65,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("-o", "--output", help="also write the JSON here")
     evaluate.set_defaults(handler=cmd_eval)
 
-    demo = commands.add_parser("demo", help="the whole method on the embedded demo model: analyze, suggest, compile, evaluate")
-    demo.add_argument("--out", default="hpspec-demo", help="where the tables, specs, plans and models go")
-    demo.add_argument("--keep", type=float, default=0.75, help="fraction of parameters every method keeps")
-    demo.add_argument("--force", action="store_true", help="re-measure and recompile")
-    demo.set_defaults(handler=cmd_demo)
-
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from hpspec.model.graph import resolve_target
-    from hpspec.core.io import read_json_input, write_text_atomic
-    from hpspec.method.sensitivity import import_reference
-
     if args.import_reference is None:
         return _measure(args)
     if args.full_score is None or args.target is None:
@@ -72,44 +81,72 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_suggest(args: argparse.Namespace) -> int:
-    from hpspec.model.graph import resolve_target
-    from hpspec.method.sensitivity import check_table_fits, load_table
-    from hpspec.method.suggest import render_spec, suggest
+@dataclass(frozen=True)
+class SuggestRequest:
+    """What `hpspec suggest` is asked, as its options spell it (the spec's header repeats them)."""
 
-    graph = resolve_target(args.target, Path("."))
-    table = load_table(Path(args.sensitivity))
-    check_table_fits(table, graph, args.sensitivity)
-    blocks = _selection(args.blocks, graph, "--blocks") if args.blocks else ()
-    within = _selection(args.within, graph, "--within") if args.within else None
-    exclude = [w.strip() for w in args.exclude.split(",") if w.strip()]
+    method: str
+    target: str
+    sensitivity: str  # the table's path
+    keep: float
+    blocks: str | None = None
+    within: str | None = None
+    exclude: str = ""
+    position_weight: bool = False
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "SuggestRequest":
+        return cls(args.method, args.target, args.sensitivity, args.keep, args.blocks, args.within, args.exclude, args.position_weight)
+
+    def command_line(self) -> str:
+        """The command that writes this spec again (the table by its file name)."""
+        parts = ["hpspec suggest", f"--method {self.method}", f"--target {shlex.quote(self.target)}",
+                 f"--sensitivity {shlex.quote(Path(self.sensitivity).name)}", f"--keep {self.keep}"]  # fmt: skip
+        if self.blocks:
+            parts.append(f"--blocks {shlex.quote(self.blocks)}")
+        if self.within:
+            parts.append(f"--within {shlex.quote(self.within)}")
+        if self.exclude:
+            parts.append(f"--exclude {shlex.quote(self.exclude)}")
+        if self.position_weight:
+            parts.append("--position-weight")
+        return " ".join(parts)
+
+
+def suggested_spec(request: SuggestRequest, output: Path | None) -> tuple[str, Suggestion]:
+    """The spec `suggest` chooses for a request, as text for `output` (None: stdout), and the choice."""
+    graph = resolve_target(request.target, Path("."))
+    table = load_table(Path(request.sensitivity))
+    check_table_fits(table, graph, request.sensitivity)
+    blocks = _selection(request.blocks, graph, "--blocks") if request.blocks else ()
+    within = _selection(request.within, graph, "--within") if request.within else None
+    exclude = [w.strip() for w in request.exclude.split(",") if w.strip()]
     unknown = [w for w in exclude if w not in graph.arch.words]
     if unknown:
         raise UsageError(f"--exclude: unknown part kind {unknown[0]!r}; kinds: {', '.join(graph.arch.words)}")
-    result = suggest(args.method, graph, table, args.keep, blocks, within, exclude, args.position_weight)
-    output = Path(args.output) if args.output else None
-    target_line = _target_line(args.target, output)
-    table_path = Path(args.sensitivity)
+    result = suggest(request.method, graph, table, request.keep, blocks, within, exclude, request.position_weight)
+    table_path = Path(request.sensitivity)
     note = f"table {table_path.name} (scorer {table.scorer.name}, full score {table.full_score:g})"
     extra = ["preserve auto"]
-    if args.method == "hierarchical":
+    if request.method == "hierarchical":
         extra.append(f'distill weight=sensitivity table="{_relative(table_path, output)}"')
-    text = render_spec(result, target_line, _command_line(args), note, extra)
+    text = render_spec(result, _target_line(request.target, output), request.command_line(), note, extra)
+    return text, result
+
+
+def cmd_suggest(args: argparse.Namespace) -> int:
+    output = Path(args.output) if args.output else None
+    text, result = suggested_spec(SuggestRequest.from_args(args), output)
     if output is None:
         sys.stdout.write(text)
     else:
-        from hpspec.core.io import write_text_atomic
-
         write_text_atomic(output, text)
         sys.stderr.write(f"wrote {output}: {result.kept_fraction:.4f} of parameters kept\n")
     return 0
 
 
-def _selection(text: str, graph, option: str):
+def _selection(text: str, graph: ModelGraph, option: str) -> Sequence[Item]:
     """`25:29,31:35` (the first stack) or full selectors like `single_blocks[3:9]`, resolved."""
-    from hpspec.plan.check import check
-    from hpspec.lang.parse import parse
-
     selectors = text if "[" in text else f"{graph.stacks[0].name}[{text}]"
     try:
         return check(parse(f"drop {selectors}\n", option), graph).drops
@@ -118,39 +155,17 @@ def _selection(text: str, graph, option: str):
 
 
 def _target_line(target: str, output: Path | None) -> str:
-    from hpspec.model.graph import target_names
-
     if target in target_names():
         return f"target {target}"
     return f'target "{_relative(Path(target), output)}"'
 
 
 def _relative(path: Path, output: Path | None) -> str:
-    import os
-
     base = output.parent if output is not None else Path(".")
     return Path(os.path.relpath(path.resolve(), base.resolve())).as_posix()
 
 
-def _command_line(args: argparse.Namespace) -> str:
-    parts = ["hpspec suggest", f"--method {args.method}", f"--target {shlex.quote(args.target)}",
-             f"--sensitivity {shlex.quote(Path(args.sensitivity).name)}", f"--keep {args.keep}"]  # fmt: skip
-    if args.blocks:
-        parts.append(f"--blocks {shlex.quote(args.blocks)}")
-    if args.within:
-        parts.append(f"--within {shlex.quote(args.within)}")
-    if args.exclude:
-        parts.append(f"--exclude {shlex.quote(args.exclude)}")
-    if args.position_weight:
-        parts.append("--position-weight")
-    return " ".join(parts)
-
-
-
 def _measure(args: argparse.Namespace) -> int:
-    from hpspec.method.analyze import Settings, analyze, demo_subject
-    from hpspec.method.distill.train import process_state
-
     if args.model is None:
         raise UsageError("hpspec analyze: give --model (demo or a directory), or --import-reference FILE")
     subject, knobs = demo_subject(_demo_dir(args.model), steps=args.steps)
@@ -165,9 +180,6 @@ def _measure(args: argparse.Namespace) -> int:
 
 def _demo_dir(model: str) -> Path | None:
     """None for the shipped demo; a directory must be demo-shaped (other models need a pipeline)."""
-    from hpspec.method.evaluate import is_demo_transformer
-    from hpspec.model.graph import DEMO
-
     if model == DEMO:
         return None
     path = Path(model)
@@ -180,22 +192,15 @@ def _demo_dir(model: str) -> Path | None:
 
 
 def _prompts(path: str | None) -> list[str]:
-    from hpspec.demo import default_prompts, read_prompts
-
     return read_prompts(path) if path else default_prompts()
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    import json
-
-    from hpspec.method.evaluate import evaluate_demo, format_result
-    from hpspec.weights.prune import load_pretrained
+    from hpspec.weights.load import load_pretrained  # torch
 
     model = _demo_dir(args.model)
     reference = _demo_dir(args.reference) if args.reference else None
     if args.reference == "demo":
-        from hpspec.demo import transformer_dir
-
         reference = transformer_dir()
     result = evaluate_demo(
         model,
@@ -208,18 +213,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     result["parameters"], result["weight_bytes"] = _size(model)
     text = json.dumps(result, indent=2, sort_keys=True) + "\n"
     if args.output:
-        from hpspec.core.io import write_text_atomic
-
         write_text_atomic(Path(args.output), text)
     sys.stdout.write(text if args.json else format_result(result) + f"\nparameters             {result['parameters']:,}\n")
     return 0
 
 
-def _loader(load_pretrained):
+def _loader(load_pretrained: Callable[[Path], "nn.Module"]) -> Callable[[Path], "nn.Module"]:
     """hpspec's loader for pruned stage directories (they carry plan.json), diffusers' otherwise."""
 
-    def load(path: Path):
-        from hpspec.demo.model import load_demo_transformer
+    def load(path: Path) -> "nn.Module":
+        from hpspec.demo.model import load_demo_transformer  # torch
 
         return load_pretrained(path) if (path / PLAN_NAME).is_file() else load_demo_transformer(path)
 
@@ -227,18 +230,5 @@ def _loader(load_pretrained):
 
 
 def _size(model: Path | None) -> tuple[int, int]:
-    from hpspec.demo import transformer_dir
-    from hpspec.model.graph import graph_from_path
-
     graph = graph_from_path(model or transformer_dir())
     return graph.params, graph.nbytes
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from hpspec.cli.demo import run_demo, table_text
-
-    out = Path(args.out)
-    rows = run_demo(out, keep=args.keep, say=lambda line: sys.stderr.write(line + "\n"), force=args.force)
-    sys.stdout.write(table_text(rows))
-    sys.stdout.write(f"\nspecs, plans, tables and models are in {out}/\n")
-    return 0

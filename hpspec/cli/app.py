@@ -8,14 +8,21 @@ inside their handler, so `check`, `plan`, `graph`, `fmt` and `diff` stay fast.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from hpspec.core.version import __version__
+from hpspec.cli.groups import REGISTRARS
+from hpspec.cli.output import write_output
 from hpspec.core.diagnostics import Diagnostic
 from hpspec.core.errors import HpspecError, SpecError, UsageError
+from hpspec.core.version import __version__
+from hpspec.model.targets import resolve_target
+from hpspec.plan import front
+from hpspec.plan.compile import compile_plan
+from hpspec.plan.summary import diagnostics_github, diagnostics_json, diagnostics_text, graph_text, plan_text
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -31,16 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
     _register_core(commands)
-    for register in _command_groups():
+    for register in REGISTRARS:  # the other command groups, in the order --help lists them
         register(commands)
     return parser
-
-
-def _command_groups() -> list[Callable[[argparse._SubParsersAction], None]]:
-    """Other modules' commands (review workflow, stages, demo), registered in this order."""
-    from hpspec.cli import groups as cli_groups
-
-    return cli_groups.REGISTRARS
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -63,16 +63,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
-
-
-def write_output(text: str, output: str | None) -> None:
-    """To stdout, or atomically to a file."""
-    if output in (None, "-"):
-        sys.stdout.write(text)
-        return
-    from hpspec.core.io import write_text_atomic
-
-    write_text_atomic(Path(output), text)
 
 
 # --------------------------------------------------------------------------------------------
@@ -102,24 +92,16 @@ def _register_core(commands: argparse._SubParsersAction) -> None:
 
 def check_file(path: str, target: str | None):
     """parse + target + check one file: (checked spec or None, diagnostics, source, other error)."""
-    from hpspec.plan.check import check, load_target
-    from hpspec.lang.parse import parse_file
-
-    source = None
     try:
-        spec = parse_file(path, recover=True)
-        source = spec.source
-        checked = check(spec, load_target(spec, target))
-        return checked, checked.diagnostics, source, None
+        checked = front.check_file(path, target, recover=True)
+        return checked, checked.diagnostics, checked.spec.source, None
     except SpecError as error:
         return None, error.diagnostics, error.source, None
     except HpspecError as error:
-        return None, (), source, str(error)
+        return None, (), None, str(error)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from hpspec.plan.summary import diagnostics_github, diagnostics_json, diagnostics_text
-
     results: list[tuple[str, Sequence[Diagnostic], str | None]] = []
     failed = False
     for path in args.files:
@@ -154,9 +136,6 @@ def _tally(errors: int, warnings: int) -> str:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from hpspec.plan.plan import compile_plan
-    from hpspec.plan.summary import diagnostics_text, plan_text
-
     checked, diagnostics, source, error = check_file(args.file, args.target)
     if error is not None:
         raise HpspecError(error)
@@ -170,11 +149,6 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_graph(args: argparse.Namespace) -> int:
-    import json
-
-    from hpspec.model.graph import resolve_target
-    from hpspec.plan.summary import graph_text
-
     graph = resolve_target(args.target, Path("."))
     if args.format == "json":
         data = {

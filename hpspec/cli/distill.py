@@ -12,6 +12,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from hpspec.core.errors import DistillStopped
+from hpspec.plan.schema import load_plan_file
+from hpspec.stages.distill import run_distill
+from hpspec.stages.engine import StageInput
+from hpspec.stages.pipeline import CompileResult, report
+
 from hpspec.core.paths import PLAN_NAME
 
 DATA_HELP = "`demo` (the demo's digits and prompts) or a folder of latents and text embeddings (docs/distill.md)"
@@ -41,10 +47,6 @@ def _positive(text: str) -> int:
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
-    from hpspec.method.distill.train import DistillStopped, run_distill
-    from hpspec.plan.schema import load_plan_file
-    from hpspec.stages.engine import CompileResult, StageInput, report
-
     stage_dir = Path(args.stage)
     plan = load_plan_file(stage_dir / PLAN_NAME)
     options = {

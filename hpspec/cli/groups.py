@@ -10,6 +10,7 @@ import argparse
 from typing import Callable
 
 from hpspec.cli import analysis as cli_analysis
+from hpspec.cli import demo as cli_demo
 from hpspec.cli import distill as cli_distill
 from hpspec.cli import quantize as cli_quantize
 from hpspec.cli import review as cli_review
@@ -18,6 +19,7 @@ from hpspec.cli import stages as cli_stages
 
 REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [
     cli_analysis.register,
+    cli_demo.register,
     cli_review.register,
     cli_report.register,
     cli_stages.register,

@@ -6,6 +6,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from hpspec.core.errors import HpspecError
+from hpspec.core.paths import PLAN_NAME
+from hpspec.plan.schema import load_plan_file
+from hpspec.stages.engine import StageInput, run_stage
+from hpspec.stages.pipeline import CompileResult, load_stage_plan, report, stage
+
 
 def register(commands: argparse._SubParsersAction) -> None:
     quantize = commands.add_parser("quantize", help="the quantize stage alone: a pruned checkpoint into nf4/fp4/int8/int4 weights")
@@ -18,8 +24,6 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    from hpspec.stages.engine import CompileResult, StageInput, load_stage_plan, report, run_stage, stage
-
     model = Path(args.model)
     plan, warnings = load_stage_plan(args.plan, model, args.target or _unpruned_target(model))
     sys.stderr.write(warnings)
@@ -30,10 +34,6 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
 def _unpruned_target(model: Path) -> str | None:
     """A spec's drops name blocks of the unpruned model, which the stage directory's plan records."""
-    from hpspec.core.paths import PLAN_NAME
-    from hpspec.core.errors import HpspecError
-    from hpspec.plan.schema import load_plan_file
-
     try:
         source = load_plan_file(model / PLAN_NAME).target.source
     except HpspecError:

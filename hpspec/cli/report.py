@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 
-from hpspec.cli.app import write_output
+from hpspec.cli.output import write_output
+from hpspec.report.html import render_report
+from hpspec.report.inputs import load_inputs
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -25,8 +27,6 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from hpspec.report.html import load_inputs, render_report
-
     inputs = load_inputs(args.plan, args.sensitivity, args.evaluation, args.evidence, args.against, args.target, args.scales)
     write_output(render_report(inputs), args.output)
     return 0

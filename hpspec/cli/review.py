@@ -15,8 +15,14 @@ import difflib
 import sys
 from pathlib import Path
 
-from hpspec.cli.app import write_output
+from hpspec.cli.output import write_output
 from hpspec.core.errors import HpspecError
+from hpspec.core.io import read_text_input, write_text_atomic
+from hpspec.lang.fmt import format_source
+from hpspec.model.targets import resolve_target
+from hpspec.plan.diff import diff_plans, load_pair, render
+from hpspec.plan.scaffold import skeleton, target_line
+from hpspec.plan.summary import diagnostics_text
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -64,10 +70,6 @@ def _spec_files(arguments: list[str]) -> list[str]:
 
 def _fmt_one(path: str, check: bool, show_diff: bool) -> int:
     """Format one file (or stdin); the exit code it earns."""
-    from hpspec.lang.fmt import format_source
-    from hpspec.core.io import read_text_input, write_text_atomic
-    from hpspec.plan.summary import diagnostics_text
-
     try:
         source = sys.stdin.read() if path == "-" else read_text_input(Path(path), "spec")
     except HpspecError as error:
@@ -108,8 +110,6 @@ def _diff_lines(text: str) -> list[str]:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    from hpspec.plan.diff import diff_plans, load_pair, render
-
     a, b = load_pair(args.a, args.b, args.target)
     labels = (args.labels[0], args.labels[1]) if args.labels else (args.a, args.b)
     result = diff_plans(a, b, labels)
@@ -122,9 +122,6 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from hpspec.model.graph import resolve_target
-    from hpspec.plan.scaffold import skeleton, target_line
-
     output = Path(args.output) if args.output not in (None, "-") else None
     if output is not None and output.exists() and not args.force:
         raise HpspecError(f"{output}: already exists (use --force to replace it)")

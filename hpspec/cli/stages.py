@@ -9,6 +9,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from hpspec.stages.engine import StageInput, resolve_model, run_stage
+from hpspec.stages.pipeline import CompileResult, compile_model, load_stage_plan, report, stage
+
 MODEL_HELP = "a diffusers transformer directory, a pipeline root, a Hugging Face cache snapshot, or `demo`"
 VERIFY_HELP = "first scan every weight of the input for NaN and infinity (reads all of it, in bounded memory)"
 
@@ -38,8 +41,6 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
-    from hpspec.stages.engine import compile_model, load_stage_plan, report, resolve_model
-
     model = resolve_model(args.model)
     plan, warnings = load_stage_plan(args.spec, model, args.target)
     sys.stderr.write(warnings)
@@ -51,8 +52,6 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from hpspec.stages.engine import CompileResult, StageInput, load_stage_plan, report, resolve_model, run_stage, stage
-
     model = resolve_model(args.model)
     plan, warnings = load_stage_plan(args.plan, model, args.target)
     sys.stderr.write(warnings)

@@ -12,3 +12,4 @@ PLAN_NAME = "plan.json"  # the plan that produced a stage directory
 PROVENANCE_NAME = "provenance.json"  # what a stage read, ran and wrote
 CARD_NAME = "README.md"  # a stage directory's model card
 REPORT_NAME = "report.html"  # a stage directory's report page
+SCALES_NAME = "scales.json"  # a distill stage's SGDistill update scales

@@ -24,14 +24,13 @@ from hpspec.plan.check import check
 from hpspec.model.graph import ModelGraph, graph_from_module
 from hpspec.core.io import write_text_atomic
 from hpspec.lang.parse import parse
-from hpspec.plan.plan import compile_plan
+from hpspec.plan.compile import compile_plan
+from hpspec.method.evaluate import Generator, Scorer, evaluate
 from hpspec.method.sensitivity import Cosine, Entry, ScorerInfo, SensitivityTable, TargetRef, settings_hash
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
-
-    from hpspec.method.evaluate import Generator, Scorer
 
 
 @dataclass(frozen=True)
@@ -94,8 +93,6 @@ def score_of(metrics: dict[str, float]) -> float:
 
 
 def measure(subject: Subject, settings: Settings) -> dict[str, float]:
-    from hpspec.method.evaluate import evaluate
-
     result = evaluate(subject.generator_for(subject.transformer), subject.scorer, settings.prompts, settings.seeds)
     return {name: float(result[name]) for name in result["metrics"]}
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 
 from hpspec.core.paths import CONFIG_NAME
+from hpspec.demo import default_prompts, transformer_dir
 
 if TYPE_CHECKING:
     import torch
@@ -323,7 +324,6 @@ def evaluate_demo(
     ``load_transformer`` loads a directory into a module: plain ``from_pretrained`` by default;
     pass hpspec's pruned-checkpoint loader for checkpoints with parts removed.
     """
-    from hpspec.demo import default_prompts, transformer_dir
     from hpspec.demo.model import load_demo_transformer
     from hpspec.demo.sampler import DemoGenerator
     from hpspec.demo.scorer import DemoScorer

@@ -25,15 +25,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from hpspec.core.errors import HpspecError
+from hpspec.core.errors import SensitivityError
+from hpspec.core.io import read_json_input
 from hpspec.model.graph import ModelGraph
 
 SCHEMA_VERSION = 1
 REFERENCE_SEPARATOR = "<tab>"  # the released table writes the five characters, not a tab
-
-
-class SensitivityError(HpspecError):
-    """A sensitivity table is malformed or does not fit the model it is used with."""
 
 
 @dataclass(frozen=True)
@@ -113,8 +110,6 @@ def settings_hash(settings: dict[str, Any]) -> str:
 
 
 def load_table(path: Path) -> SensitivityTable:
-    from hpspec.core.io import read_json_input
-
     data = read_json_input(Path(path), "sensitivity table")
     return table_from_json(data, str(path))
 

@@ -28,7 +28,7 @@ from hpspec.plan.check import Item, check
 from hpspec.core.errors import HpspecError
 from hpspec.model.graph import ModelGraph
 from hpspec.lang.parse import parse
-from hpspec.plan.plan import compile_plan
+from hpspec.plan.compile import compile_plan
 from hpspec.method.sensitivity import SensitivityTable
 
 METHODS = ("hierarchical", "koala", "bksdm")

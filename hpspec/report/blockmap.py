@@ -10,16 +10,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from itertools import groupby
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 from hpspec.core.errors import HpspecError
-from hpspec.model.graph import DEMO, ModelGraph, resolve_target
+from hpspec.method.sensitivity import SensitivityTable
+from hpspec.model.arch import architecture, trimmed_modules
+from hpspec.model.graph import ModelGraph
+from hpspec.model.targets import DEMO, resolve_target
 from hpspec.plan.plan import Op, Plan, StackPlan
 from hpspec.plan.summary import human_count
-
-if TYPE_CHECKING:
-    from hpspec.report.svg import Heatmap
-    from hpspec.method.sensitivity import SensitivityTable
+from hpspec.report.svg import HeatCell, Heatmap
 
 
 # The model's structure: which parts each block has (from the graph when it can be found)
@@ -63,8 +63,6 @@ def _graph(plan: Plan) -> ModelGraph | None:
 
 
 def _stack_order(plan: Plan) -> list[str]:
-    from hpspec.model.arch import architecture
-
     try:
         known = [s.name for s in architecture(plan.target.family).stacks]
     except HpspecError:
@@ -87,8 +85,6 @@ def _graph_layout(graph: ModelGraph, name: str) -> StackLayout:
 
 
 def _family_layout(plan: Plan, name: str) -> StackLayout:
-    from hpspec.model.arch import architecture
-
     stack = plan.stacks[name]
     parts: dict[str, tuple[str, ...]] = {}
     singular = name.removesuffix("s")
@@ -186,10 +182,6 @@ class StackMap:
     blocks: list[BlockColumn]
     outline: list[str]  # the hierarchy in words: "frozen: 0–13", ...
 
-
-# The conversion rebuilds the context modulation as AdaLayerNormContinuous: its Linear keeps 2 of 6
-# chunks, so the part stays (trimmed); every other module the conversion names goes entirely.
-CONVERSION_KEEPS = "norm1_context.linear"
 
 STATE_LABELS = {
     "frozen": "frozen (PWP)",
@@ -302,7 +294,9 @@ def _conversion(op: Op | None, block: str, modules: tuple[str, ...]) -> str | No
     if op is None:
         return None
     rests = {m.removeprefix(block + ".") for m in op.modules}
-    if all(m in rests - {CONVERSION_KEEPS} for m in modules):
+    # The conversion trims the context modulation's Linear (the part stays, trimmed); every other
+    # module it names goes entirely.
+    if all(m in rests - trimmed_modules() for m in modules):
         return "gone"
     hit = any(r == m or r.startswith(m + ".") for r in rests for m in modules)
     return "trimmed" if hit else None
@@ -347,9 +341,7 @@ def spans(indices: Iterable[int]) -> str:
     runs = [[v for _, v in run] for _, run in groupby(enumerate(values), key=lambda p: p[1] - p[0])]
     return ", ".join(f"{r[0]}" if len(r) == 1 else f"{r[0]}–{r[-1]}" for r in runs)
 
-def heatmap(table: SensitivityTable, layout: StackLayout, fates: Fates, pitch: int) -> "Heatmap":
-    from hpspec.report.svg import HeatCell, Heatmap
-
+def heatmap(table: SensitivityTable, layout: StackLayout, fates: Fates, pitch: int) -> Heatmap:
     entries = {(e.block, e.part): e for e in table.entries if e.stack == layout.name}
     words: list[str | None] = [None] if table.has_block_rows else []
     words += [w for w in layout.words if any(p == w for _, p in entries)]

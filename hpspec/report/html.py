@@ -1,10 +1,10 @@
 """report: a plan (with, optionally, a sensitivity table, an evaluation, an evidence table and an
 older plan) -> one self-contained HTML page.
 
-This module turns the inputs into plain data (dataclasses of strings and numbers, SVG made in
-`report_svg`); the Jinja2 templates in `hpspec/templates` only lay it out, with autoescape and
-strict undefined. The page has no scripts, fonts, images or links outside itself, and no clock:
-the same inputs give the same bytes. Input formats are documented in docs/report.md.
+This module turns the inputs (`hpspec.report.inputs`) into plain data (dataclasses of strings and
+numbers, SVG made in `hpspec.report.svg`); the Jinja2 templates in `hpspec/report/templates` only
+lay it out, with autoescape and strict undefined. The page has no scripts, fonts, images or links
+outside itself, and no clock: the same inputs give the same bytes.
 """
 
 from __future__ import annotations
@@ -15,27 +15,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from hpspec.core.errors import ReportError, SensitivityError
+from hpspec.core.io import write_text_atomic
 from hpspec.core.version import __version__
-from hpspec.core.errors import HpspecError
+from hpspec.method.sensitivity import SensitivityTable
+from hpspec.plan.diff import detail_sections, diff_plans, headline, table_rows
 from hpspec.plan.plan import Op, Plan
-from hpspec.report.blockmap import Fates, StackLayout, block_map, column_pitch, heatmap, part_label, reason_text, stack_layouts
-from hpspec.method.sensitivity import SensitivityError, SensitivityTable
 from hpspec.plan.summary import human_bytes, human_count
-
-
-class ReportError(HpspecError):
-    """A report input is malformed, or the report cannot be rendered here."""
-
-
-@dataclass(frozen=True)
-class ReportInputs:
-    plan: Plan
-    sensitivity: SensitivityTable | None = None
-    evaluation: Mapping[str, Any] | None = None  # `hpspec eval` JSON, optionally with `images`
-    evidence: Sequence[Mapping[str, Any]] | None = None  # rows of a comparison table
-    against: Plan | None = None
-    labels: tuple[str, str] = ("old plan", "this plan")  # names of `against` and `plan` in the diff
-    scales: Mapping[str, float] | None = None  # SGDistill scales (a distill stage's scales.json)
+from hpspec.report.blockmap import Fates, StackLayout, block_map, column_pitch, heatmap, part_label, reason_text, stack_layouts
+from hpspec.report.images import checked_grid
+from hpspec.report.inputs import ReportInputs, check_evaluation, is_number
+from hpspec.report.svg import Bar, bars_svg, heatmap_svg, legend_svg
 
 
 # --------------------------------------------------------------------------------------------
@@ -44,17 +34,15 @@ class ReportInputs:
 
 def render_report(inputs: ReportInputs) -> str:
     """The page as one string."""
-    return _environment().get_template("report.html").render(page=build_page(inputs))
+    return environment().get_template("report.html").render(page=build_page(inputs))
 
 
 def write_report(path: str | Path, inputs: ReportInputs) -> None:
     """Render and write atomically (the compile stages call this for their report.html)."""
-    from hpspec.core.io import write_text_atomic
-
     write_text_atomic(Path(path), render_report(inputs))
 
 
-def _environment() -> Any:
+def environment() -> Any:
     try:
         import jinja2
     except ImportError:
@@ -82,9 +70,9 @@ def build_page(inputs: ReportInputs) -> dict[str, Any]:
         "badges": _badges(plan),
         "summary": _summary(plan),
         "block_map": block_map(plan, layouts, fates, layout_note),
-        "sensitivity": _sensitivity(inputs.sensitivity, plan, layouts, fates),
+        "sensitivity": sensitivity_section(inputs.sensitivity, plan, layouts, fates),
         "evaluation": _evaluation(inputs.evaluation),
-        "evidence": _evidence(inputs.evidence),
+        "evidence": evidence_table(inputs.evidence),
         "diff": diff,
         "ops": [_op_row(op, plan) for op in plan.ops],
         "training": _training(plan),
@@ -117,8 +105,6 @@ def _badges(plan: Plan) -> list[str]:
 
 def _summary(plan: Plan) -> dict[str, Any]:
     """Parameters and weight bytes before and after each stage, as table rows and bar charts."""
-    from hpspec.report.svg import Bar, bars_svg
-
     p, b = plan.params, plan.bytes
     sizes: list[tuple[str, int, int | None]] = [("original", p.before, b.before), ("after prune", p.after_prune, b.after_prune)]
     if plan.quantize is not None:
@@ -160,11 +146,9 @@ def _identity(plan: Plan) -> list[dict[str, str]]:
 # Sensitivity
 
 
-def _sensitivity(table: SensitivityTable | None, plan: Plan, layouts: list[StackLayout], fates: Fates) -> dict[str, Any] | None:
+def sensitivity_section(table: SensitivityTable | None, plan: Plan, layouts: list[StackLayout], fates: Fates) -> dict[str, Any] | None:
     if table is None:
         return None
-    from hpspec.report.svg import legend_svg
-
     if table.target.fingerprint != plan.target.fingerprint:
         raise SensitivityError(
             f"the sensitivity table was measured on {table.target.name} ({table.target.fingerprint}), "
@@ -173,8 +157,6 @@ def _sensitivity(table: SensitivityTable | None, plan: Plan, layouts: list[Stack
     deltas = [e.delta for e in table.entries]
     scale, lowest = max([0.0, *deltas]), min([0.0, *deltas])
     maps = [heatmap(table, layout, fates, column_pitch(layouts)) for layout in layouts if any(e.stack == layout.name for e in table.entries)]
-    from hpspec.report.svg import heatmap_svg
-
     helped = sum(d < 0 for d in deltas)
     return {
         "scorer": table.scorer.name,
@@ -209,28 +191,22 @@ def _number(value: Any) -> str:
     return json.dumps(value, sort_keys=True, ensure_ascii=False)
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _evaluation(result: Mapping[str, Any] | None) -> dict[str, Any] | None:
     if result is None:
         return None
-    from hpspec.report.images import checked_grid
-
     result = check_evaluation(result, "evaluation")
     reference = result.get("reference") if isinstance(result.get("reference"), Mapping) else {}
     drops = result.get("relative_drop") if isinstance(result.get("relative_drop"), Mapping) else {}
     rows = []
     for name in result["metrics"]:
         ref = reference.get(name)
-        rows.append([name, _number(result[name]), _number(ref), f"{100 * drops[name]:.2f}%" if _is_number(drops.get(name)) else "–"])
+        rows.append([name, _number(result[name]), _number(ref), f"{100 * drops[name]:.2f}%" if is_number(drops.get(name)) else "–"])
     facts = []
-    if _is_number(result.get("degradation")):
+    if is_number(result.get("degradation")):
         facts.append({"key": "degradation (mean relative drop)", "value": f"{100 * result['degradation']:.2f}%"})
-    if _is_number(result.get("latency_s_per_image")):
+    if is_number(result.get("latency_s_per_image")):
         ref = reference.get("latency_s_per_image")
-        against = f" (reference {1000 * ref:.2f} ms)" if _is_number(ref) else ""
+        against = f" (reference {1000 * ref:.2f} ms)" if is_number(ref) else ""
         facts.append({"key": "latency per image", "value": f"{1000 * result['latency_s_per_image']:.2f} ms{against}"})
     if "num_images" in result:
         facts.append({"key": "images scored", "value": _number(result["num_images"])})
@@ -241,36 +217,12 @@ def _evaluation(result: Mapping[str, Any] | None) -> dict[str, Any] | None:
     return {"metrics": rows, "facts": facts, "images": images}
 
 
-def check_evaluation(data: Any, where: str) -> Mapping[str, Any]:
-    """An `hpspec eval` result: `metrics` names numeric top-level keys; `reference` has the same shape."""
-    if not isinstance(data, Mapping) or not isinstance(data.get("metrics"), list):
-        raise ReportError(f"{where}: an evaluation is a JSON object with a `metrics` list (the output of `hpspec eval`)")
-    for name in data["metrics"]:
-        if not isinstance(name, str) or not _is_number(data.get(name)):
-            raise ReportError(f"{where}: metric {name!r} has no numeric value")
-    if "reference" in data and not isinstance(data["reference"], Mapping):
-        raise ReportError(f"{where}: `reference` is an evaluation object")
-    if "images" in data:
-        from hpspec.report.images import checked_grid
-
-        checked_grid(data["images"], where)
-    return data
-
-
-def check_evidence(data: Any, where: str) -> list[dict[str, Any]]:
-    """A list of row objects (or `{"rows": [...]}`): one row per method or configuration."""
-    rows = data.get("rows") if isinstance(data, dict) else data
-    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-        raise ReportError(f"{where}: evidence is a JSON list of row objects, or an object with `rows`")
-    return rows
-
-
-def _evidence(rows: Sequence[Mapping[str, Any]] | None) -> dict[str, Any] | None:
+def evidence_table(rows: Sequence[Mapping[str, Any]] | None) -> dict[str, Any] | None:
     """Rows as given; a column whose values are all numbers (or empty) is right-aligned."""
     if rows is None:
         return None
     names = list(dict.fromkeys(str(k) for row in rows for k in row))
-    numeric = {c: all(row.get(c) is None or _is_number(row.get(c)) for row in rows) for c in names}
+    numeric = {c: all(row.get(c) is None or is_number(row.get(c)) for row in rows) for c in names}
     css = {c: "num" if numeric[c] else "" for c in names}
     return {
         "columns": [{"text": c, "css": css[c]} for c in names],
@@ -286,8 +238,6 @@ def _diff(old: Plan | None, new: Plan, labels: tuple[str, str]) -> dict[str, Any
     """`hpspec diff`'s view of the change, its code spans marked for the templates."""
     if old is None:
         return None
-    from hpspec.plan.diff import detail_sections, diff_plans, headline, table_rows
-
     d = diff_plans(old, new, labels)
     return {
         "labels": list(labels),
@@ -376,44 +326,3 @@ def split_comment(line: str) -> tuple[str, str]:
         elif char == "#" and not quoted:
             return line[:i], line[i:]
     return line, ""
-
-
-# --------------------------------------------------------------------------------------------
-# Reading the inputs of `hpspec report`
-
-
-def load_plan_input(path: str | Path, target: str | None = None) -> Plan:
-    """A plan JSON, or a spec compiled here (a plan always starts with `{`, a spec never does)."""
-    from hpspec.core.io import read_text_input
-
-    text = read_text_input(Path(path), "plan or spec", 64 << 20)
-    if text.lstrip().startswith("{"):
-        from hpspec.plan.schema import load_plan
-
-        return load_plan(text, str(path))
-    from hpspec.plan.plan import plan_spec
-
-    return plan_spec(path, target)
-
-
-def load_inputs(
-    plan: str | Path,
-    sensitivity: str | Path | None = None,
-    evaluation: str | Path | None = None,
-    evidence: str | Path | None = None,
-    against: str | Path | None = None,
-    target: str | None = None,
-    scales: str | Path | None = None,
-) -> ReportInputs:
-    from hpspec.core.io import read_json_input
-    from hpspec.method.sensitivity import load_table
-
-    return ReportInputs(
-        plan=load_plan_input(plan, target),
-        sensitivity=load_table(Path(sensitivity)) if sensitivity else None,
-        evaluation=check_evaluation(read_json_input(Path(evaluation), "evaluation"), str(evaluation)) if evaluation else None,
-        evidence=check_evidence(read_json_input(Path(evidence), "evidence table"), str(evidence)) if evidence else None,
-        against=load_plan_input(against, target) if against else None,
-        labels=(str(against), str(plan)) if against else ("old plan", "this plan"),
-        scales=read_json_input(Path(scales), "scales") if scales else None,
-    )

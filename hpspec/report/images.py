@@ -19,15 +19,11 @@ import struct
 import zlib
 from typing import Any, Mapping, Sequence
 
-from hpspec.core.errors import HpspecError
+from hpspec.core.errors import ImageError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _BASE64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
 Pixels = list[list[list[int]]]  # rows of pixels, each pixel a list of 1 (grey) or 3 (RGB) bytes
-
-
-class ImageError(HpspecError):
-    """An image payload is malformed."""
 
 
 def png_bytes(pixels: Pixels) -> bytes:
@@ -93,7 +89,7 @@ def checked_grid(payload: Any, where: str) -> dict[str, Any]:
         rows = payload.get(name)
         if not isinstance(rows, list) or len(rows) != len(prompts):
             raise ImageError(f"{where}: `images.{name}` needs one list of images per prompt ({len(prompts)})")
-        grid[name] = [[_checked_png(image, f"{where}: images.{name}[{i}]") for image in _list(row, where)] for i, row in enumerate(rows)]
+        grid[name] = [[checked_png(image, f"{where}: images.{name}[{i}]") for image in _list(row, where)] for i, row in enumerate(rows)]
     return grid
 
 
@@ -103,7 +99,7 @@ def _list(row: Any, where: str) -> list[Any]:
     return row
 
 
-def _checked_png(image: Any, where: str) -> str:
+def checked_png(image: Any, where: str) -> str:
     if not isinstance(image, str) or not _BASE64.fullmatch(image):
         raise ImageError(f"{where}: not a base64 string")
     try:

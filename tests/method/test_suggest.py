@@ -12,43 +12,55 @@ from diffusers import SD3Transformer2DModel
 from hpspec.model.arch import builtin_models
 from hpspec.plan.check import Item
 from hpspec.model.graph import graph_from_builtin
-from hpspec.method.sensitivity import Cosine, Entry, ScorerInfo, SensitivityTable, TargetRef, import_reference, table_from_json
+from hpspec.method.sensitivity import Cosine, Entry, ScorerInfo, SensitivityTable, TargetRef, import_reference, load_table, table_from_json
 from hpspec.method.suggest import suggest
 
 from tests.conftest import REPO
 
-REFERENCE = REPO.parent / "shared" / "data" / "sd3.5-large-turbo.hpsv2-sensitivity.json"
-SHIPPED_TABLE = REPO / "specs/sd3.5-large-turbo/hpsv2-sensitivity.json"
+REFERENCE = REPO.parent / "shared" / "data" / "sd3.5-large-turbo.hpsv2-sensitivity.json"  # beside a checkout, if there
+SHIPPED_TABLE = REPO / "specs/sd3.5-large-turbo/hpsv2-sensitivity.json"  # the repository's import of it
+REFERENCE_FILE = "sd3.5-large-turbo.hpsv2-sensitivity.json"  # the released table's name (the import records it)
+FULL_SCORE = 30.29
 GRAPH = graph_from_builtin("sd3.5-large-turbo")
+# The reference code's name for each part (its released table's keys), and the module it removes.
+REFERENCE_NAMES = {"mlp": "ff", "context_mlp": "ff_context", "norm": "w_norm1", "context_norm": "w_norm1_context", "attn": "attn"}
+MODULES = {"mlp": "ff", "context_mlp": "ff_context", "norm": "norm1.linear", "context_norm": "norm1_context.linear"}
+ABSENT_KEY = "37<tab>ff_context"  # in the released table, though block 37 (context-pre-only) has no context MLP
 
 
-def reference_data() -> dict[str, float]:
-    if REFERENCE.is_file():
-        return json.loads(REFERENCE.read_text())
-    pytest.skip("the reference table lives in shared/data beside the repository")
+def released_table() -> dict[str, float]:
+    """The released table in its own format, rebuilt from the repository's copy (which needs nothing
+    beside the checkout), with the key the import skips put back."""
+    data = {f"{e.block}<tab>{REFERENCE_NAMES[e.part]}": e.score for e in load_table(SHIPPED_TABLE).entries}
+    return {**data, ABSENT_KEY: 30.0}
 
 
 def test_import_maps_names_and_skips_the_absent_part() -> None:
-    report = import_reference(reference_data(), GRAPH, 30.29, str(REFERENCE))
+    report = import_reference(released_table(), GRAPH, FULL_SCORE, REFERENCE_FILE)
     table = report.table
     assert len(table.entries) == 189
     assert report.skipped == ["'37<tab>ff_context': block 37 (context_pre_only) has no context_mlp"]
     first = table.entries[0]
     assert (first.block, first.part, first.score) == (31, "mlp", 30.79238)
-    assert first.delta == pytest.approx(30.29 - 30.79238)
+    assert first.delta == pytest.approx(FULL_SCORE - 30.79238)
     assert sum(e.delta < 0 for e in table.entries) == 6  # removal helped
     assert {e.part for e in table.entries} == {"norm", "context_norm", "attn", "mlp", "context_mlp"}
     assert table_from_json(json.loads(table.to_json()), "roundtrip") == table
+    assert table.to_json() == SHIPPED_TABLE.read_text()  # the repository's file, byte for byte
 
 
 def test_shipped_table_is_the_imported_reference() -> None:
-    report = import_reference(reference_data(), GRAPH, 30.29, str(REFERENCE))
+    if not REFERENCE.is_file():
+        pytest.skip("no ../shared/data beside this checkout: nothing to compare the shipped table with")
+    data = json.loads(REFERENCE.read_text())
+    report = import_reference(data, GRAPH, FULL_SCORE, str(REFERENCE))
     assert SHIPPED_TABLE.read_text() == report.table.to_json()
+    assert {k: v for k, v in released_table().items() if k != ABSENT_KEY} == {k: v for k, v in data.items() if k != ABSENT_KEY}
 
 
 def test_hierarchical_reproduces_the_reference_selection() -> None:
-    data = reference_data()
-    # Independent count: walk the released table with diffusers' own parameter counts.
+    table = load_table(SHIPPED_TABLE)
+    # Independent count: walk the table with diffusers' own parameter counts.
     info = builtin_models()["sd3.5-large-turbo"]
     with torch.device("meta"):
         model = SD3Transformer2DModel(**{k: v for k, v in info.config.items() if not k.startswith("_")})
@@ -56,25 +68,21 @@ def test_hierarchical_reproduces_the_reference_selection() -> None:
     total = numel(model)
     blocks = [25, 26, 27, 28, 31, 32, 33, 34]
     removed = sum(numel(model.transformer_blocks[i]) for i in blocks)
-    modules = {"ff": "ff", "ff_context": "ff_context", "w_norm1": "norm1.linear", "w_norm1_context": "norm1_context.linear"}
     expected = []
-    for key, _ in sorted(data.items(), key=lambda kv: -kv[1]):
-        block, name = key.split("<tab>")
-        if not 13 <= int(block) < 19 or name == "attn":
+    for entry in sorted(table.entries, key=lambda e: -e.score):  # stable: equal scores in the table's order
+        if not 13 <= entry.block < 19 or entry.part == "attn":
             continue
-        removed += numel(model.transformer_blocks[int(block)].get_submodule(modules[name]))
-        expected.append((int(block), name))
+        removed += numel(model.transformer_blocks[entry.block].get_submodule(MODULES[entry.part]))
+        expected.append((entry.block, entry.part))
         if (total - removed) / total < 0.71:
             break
-    table = import_reference(data, GRAPH, 30.29, str(REFERENCE)).table
-    words = {"ff": "mlp", "ff_context": "context_mlp", "w_norm1": "norm", "w_norm1_context": "context_norm"}
     result = suggest(
         "hierarchical", GRAPH, table, 0.71,
         blocks=[Item(0, "blocks", i) for i in blocks],
         within=[Item(0, "blocks", i) for i in range(13, 19)],
         exclude=["attn"],
     )  # fmt: skip
-    assert [(c.block, c.part) for c in result.chosen] == [(b, words[n]) for b, n in expected]
+    assert [(c.block, c.part) for c in result.chosen] == expected
     assert result.kept_fraction == pytest.approx((total - removed) / total, abs=1e-12)
 
 

@@ -14,10 +14,13 @@ from typing import Any
 
 import pytest
 
-from hpspec.plan.plan import Plan, plan_spec
-from hpspec.report.html import ReportInputs, build_page, render_report, split_comment
+from hpspec.plan.front import plan_spec
+from hpspec.plan.plan import Plan
+from hpspec.report.html import build_page, render_report, split_comment
+from hpspec.report.inputs import ReportInputs
 from hpspec.report.blockmap import spans
-from hpspec.report.images import ImageError, image_grid_payload, png_bytes
+from hpspec.core.errors import ImageError
+from hpspec.report.images import image_grid_payload, png_bytes
 from hpspec.plan.schema import load_plan
 
 from tests.conftest import REPO
