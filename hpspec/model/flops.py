@@ -8,8 +8,8 @@ left out: the estimate is what a plan removes, for comparing against measured la
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from hpspec.model.arch import evaluate, flops_tokens
 from hpspec.model.graph import Block, ModelGraph, Part, Tensor
@@ -56,10 +56,7 @@ def _matrix_flops(tensors: tuple[Tensor, ...], prefixes: Mapping[str, str], toke
 
 
 def part_flops(graph: ModelGraph, block: Block, part: Part, tokens: Tokens) -> int:
-    rule = graph.arch.flops
-    single = block.kind == "flux_single"
-    prefixes = rule.single_block if single else rule.block
-    attention = rule.single_attention if single else rule.attention
+    prefixes, attention = graph.arch.flops_prefixes(block.kind)
     total = _matrix_flops(part.tensors, prefixes, tokens)
     width = _width(graph)
     for module in part.modules:
@@ -75,7 +72,7 @@ def outside_flops(graph: ModelGraph, tokens: Tokens) -> int:
 
 def tensor_flops(graph: ModelGraph, block: Block, tensors: tuple[Tensor, ...], tokens: Tokens) -> int:
     """FLOPs of some of a block's weight matrices (what the last-block conversion removes)."""
-    prefixes = graph.arch.flops.single_block if block.kind == "flux_single" else graph.arch.flops.block
+    prefixes, _ = graph.arch.flops_prefixes(block.kind)
     return _matrix_flops(tensors, prefixes, tokens)
 
 

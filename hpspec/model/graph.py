@@ -4,27 +4,28 @@ Four sources describe the same model and give the same graph (and fingerprint): 
 a diffusers `config.json`, safetensors headers (one file or a sharded index), and a live
 `nn.Module`. All of them are reduced to one thing, a table of tensor names and shapes, which
 `graph_from_tensors` reads with the architecture's data file. No weights are needed; torch is
-imported only for a live module.
+never imported (a live module's state dict is only read). Finding a target on disk: `targets`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import stat
-from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
-from hpspec.model.arch import Architecture, BuiltinModel, architecture, builtin_models, evaluate, FAMILIES
-from hpspec.core.errors import CheckpointError, TargetError
-from hpspec.core.diagnostics import did_you_mean
-from hpspec.core.paths import CONFIG_NAME, WEIGHTS_INDEX_SUFFIX
-from hpspec.model.safetensors_header import DTYPE_BYTES, TORCH_DTYPES, Header, read_header
-
-DEMO = "demo"
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+from hpspec.core.errors import TargetError
+from hpspec.model.arch import (
+    Architecture,
+    architecture,
+    builtin_models,
+    class_names,
+    evaluate,
+    family_of_class,
+    family_of_tensors,
+)
+from hpspec.model.safetensors_header import DTYPE_BYTES, TORCH_DTYPES, Header
 
 
 @dataclass(frozen=True)
@@ -253,11 +254,10 @@ def _block(arch: Architecture, stack: str, module: str, index: int, tensors: Map
 
 def family_of_config(config: Mapping[str, Any], where: str) -> str:
     class_name = config.get("_class_name")
-    for family in FAMILIES:
-        if class_name in architecture(family).class_names:
-            return family
-    known = [c for f in FAMILIES for c in architecture(f).class_names]
-    raise TargetError(f"{where}: unsupported model class {class_name!r}; hpspec knows {', '.join(known)}")
+    family = family_of_class(class_name)
+    if family is None:
+        raise TargetError(f"{where}: unsupported model class {class_name!r}; hpspec knows {', '.join(class_names())}")
+    return family
 
 
 def tensors_from_config(config: Mapping[str, Any], where: str, dtype: str = "BF16") -> dict[str, tuple[tuple[int, ...], str]]:
@@ -288,7 +288,7 @@ def tensors_from_config(config: Mapping[str, Any], where: str, dtype: str = "BF1
                             tensors[f"{stack.module}.{index}.{t.name}"] = (_shape(evaluate(t.shape, scope)), dtype)
     except TargetError:
         raise
-    except Exception as error:  # a config missing a key or holding a wrong type
+    except Exception as error:  # noqa: BLE001  a config missing a key or holding a wrong type
         raise TargetError(f"{where}: config does not describe a {family} model: {type(error).__name__}: {error}") from None
     return tensors
 
@@ -306,17 +306,16 @@ def graph_from_config(config: Mapping[str, Any], name: str, source: str, dtype: 
 
 
 def graph_from_builtin(name: str) -> ModelGraph:
-    model: BuiltinModel = builtin_models()[name]
+    model = builtin_models()[name]
     dtype = TORCH_DTYPES[model.dtype]
     return graph_from_config(model.config, name, f"builtin:{name}", dtype)
 
 
 def graph_from_headers(headers: Iterable[Header], name: str, source: str, config: Mapping[str, Any] | None) -> ModelGraph:
     tensors = {e.name: (e.shape, e.dtype) for h in headers for e in h.tensors.values()}
-    if config is not None:
-        family = family_of_config(config, source)
-    else:
-        family = "flux" if any(n.startswith("single_transformer_blocks.") for n in tensors) else "sd3"
+    family = family_of_config(config, source) if config is not None else family_of_tensors(tensors)
+    if family is None:
+        raise TargetError(f"{source}: its tensor names match no model family hpspec knows, and there is no config.json")
     return graph_from_tensors(family, tensors, name, source, config)
 
 
@@ -327,165 +326,3 @@ def graph_from_module(module: Any, name: str | None = None) -> ModelGraph:
     family = family_of_config(config, f"module:{type(module).__name__}")
     tensors = {n: (tuple(t.shape), TORCH_DTYPES.get(str(t.dtype).removeprefix("torch."), "F32")) for n, t in module.state_dict().items()}
     return graph_from_tensors(family, tensors, name or type(module).__name__, f"module:{type(module).__name__}", config)
-
-
-# --------------------------------------------------------------------------------------------
-# Targets: what a spec's `target` or a `--target` names
-
-
-def target_names() -> tuple[str, ...]:
-    return (*builtin_models(), DEMO)
-
-
-def demo_directory() -> Path:
-    try:
-        from hpspec.demo import transformer_dir
-    except ImportError as error:
-        raise TargetError(f"the demo model is not installed ({error}); install hpspec[demo]") from None
-    return Path(transformer_dir())
-
-
-def resolve_target(value: str, base: Path | None = None, quoted: bool = False) -> ModelGraph:
-    """A built-in name, `demo`, or (quoted, or containing a path separator) a path relative to `base`."""
-    if not quoted and value in builtin_models():
-        return graph_from_builtin(value)
-    if not quoted and value == DEMO:
-        # Named by the package, not by where it is installed, so plans are the same everywhere.
-        return replace(graph_from_path(demo_directory(), name=DEMO), source="hpspec:demo")
-    path = Path(value)
-    if not quoted and not _exists(path) and "/" not in value:
-        suggestion = did_you_mean(value, target_names())
-        raise TargetError(
-            f"unknown target `{value}`"
-            + (f"; did you mean `{suggestion}`?" if suggestion else "")
-            + f" Built-in targets: {', '.join(target_names())}; or a quoted path to a model"
-        )
-    if not path.is_absolute() and base is not None:
-        path = base / path
-    return graph_from_path(path)
-
-
-def find_transformer(path: Path) -> tuple[Path | None, list[Path]]:
-    """(config.json or None, safetensors files) of a transformer directory, pipeline root or file."""
-    path = Path(path)
-    if not _exists(path):
-        raise TargetError(f"{path}: no such file or directory")
-    if path.is_file():
-        if path.name.endswith(WEIGHTS_INDEX_SUFFIX):
-            return _config_in(path.parent), _index_shards(path)
-        _refuse_unsupported_file(path)
-        return _config_in(path.parent), [path]
-    if not path.is_dir():  # a FIFO, a device: listing or reading it would fail or never end
-        raise TargetError(f"{path}: not a regular file or a directory")
-    if (path / "transformer").is_dir() and not (path / CONFIG_NAME).is_file():
-        return find_transformer(path / "transformer")
-    config = _config_in(path)
-    indexes = sorted(path.glob(f"*{WEIGHTS_INDEX_SUFFIX}"))
-    if indexes:
-        return config, _index_shards(indexes[0])
-    weights = sorted(path.glob("*.safetensors"))
-    if not weights:
-        pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
-        if pickles:
-            raise CheckpointError(f"{path / pickles[0]}: pickle checkpoints are refused (they can run code); convert it to safetensors")
-    if config is None and not weights:
-        raise TargetError(f"{path}: holds no config.json and no .safetensors files (not a diffusers transformer or pipeline)")
-    return config, weights
-
-
-def _exists(path: Path) -> bool:
-    """Path.exists, but a name the system cannot even look up (ENAMETOOLONG) names nothing, not a crash."""
-    try:
-        return path.exists()
-    except OSError:
-        return False
-
-
-def _config_in(directory: Path) -> Path | None:
-    """config.json if there is anything by that name: one that is not a regular file is refused when read."""
-    config = directory / CONFIG_NAME
-    return config if os.path.lexists(config) else None
-
-
-def require_regular(path: Path) -> None:
-    """Follow symlinks (a Hugging Face snapshot links to blobs), but only to regular files: a FIFO
-    would block the read, a device never end."""
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: missing (a broken symlink?)") from None
-    except OSError as error:
-        raise CheckpointError(f"{path}: cannot read: {error.strerror or error}") from None
-    if not stat.S_ISREG(mode):
-        raise CheckpointError(f"{path}: not a regular file")
-
-
-def _refuse_unsupported_file(path: Path) -> None:
-    if path.suffix in PICKLE_SUFFIXES:
-        raise CheckpointError(f"{path}: pickle checkpoints are refused (they can run code); convert it to safetensors")
-    if path.suffix != ".safetensors":
-        raise TargetError(f"{path}: expected a .safetensors file, a {WEIGHTS_INDEX_SUFFIX} index, or a directory")
-
-
-def _index_shards(index: Path) -> list[Path]:
-    from hpspec.core.io import read_json_input
-
-    require_regular(index)
-    data = read_json_input(index, "safetensors index")
-    weight_map = data.get("weight_map") if isinstance(data, dict) else None
-    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-        raise CheckpointError(f"{index}: not a safetensors index: no `weight_map` of tensor -> shard file")
-    shards = []
-    for shard in sorted(set(weight_map.values())):
-        shard_path = index.parent / shard
-        if Path(shard).is_absolute() or ".." in Path(shard).parts:
-            raise CheckpointError(f"{index}: shard {shard!r} lies outside the checkpoint directory")
-        if not os.path.lexists(shard_path):
-            raise CheckpointError(f"{index}: names shard {shard!r}, which is missing")
-        require_regular(shard_path)
-        shards.append(shard_path)
-    return shards
-
-
-def read_config(path: Path) -> dict[str, Any]:
-    from hpspec.core.io import read_json_input
-
-    require_regular(path)
-    config = read_json_input(path, CONFIG_NAME)
-    if not isinstance(config, dict):
-        raise TargetError(f"{path}: config.json is not a JSON object")
-    return config
-
-
-def graph_from_path(path: Path, name: str | None = None) -> ModelGraph:
-    """The graph of a transformer on disk: headers when weights are there, else its config."""
-    config_path, weights = find_transformer(path)
-    config = read_config(config_path) if config_path is not None else None
-    label = name or _model_name(Path(path))
-    if weights:
-        headers = [read_header(w) for w in weights]
-        graph = graph_from_headers(headers, label, f"safetensors:{path}", config)
-        if config is not None:
-            check_config_counts(graph, config, config_path)
-        return graph
-    assert config is not None and config_path is not None
-    dtype = TORCH_DTYPES.get(str(config.get("torch_dtype", "bfloat16")), "BF16")
-    return graph_from_config(config, label, f"config:{config_path}", dtype)
-
-
-def check_config_counts(graph: ModelGraph, config: Mapping[str, Any], config_path: Path) -> None:
-    for stack in graph.stacks:
-        declared = config.get(stack.count_key)
-        if declared is not None and declared != len(stack):
-            raise CheckpointError(
-                f"{config_path}: says {stack.count_key}={declared} but the weights hold {len(stack)} {stack.name}"
-            )
-
-
-def _model_name(path: Path) -> str:
-    path = path.resolve() if path.exists() else path
-    if path.is_file():
-        path = path.parent
-    if path.name == "transformer":
-        path = path.parent
-    return path.name or str(path)

@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import math
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Any
 
 from hpspec.core.errors import CheckpointError
 
@@ -84,7 +85,7 @@ def read_header(path: Path) -> Header:
     return _validate(path, header, 8 + length, size)
 
 
-def _validate(path: Path, header: dict, data_start: int, size: int) -> Header:
+def _validate(path: Path, header: dict[str, Any], data_start: int, size: int) -> Header:
     metadata = header.pop("__metadata__", None) or {}
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise CheckpointError(f"{path}: __metadata__ must map strings to strings")
@@ -113,7 +114,7 @@ def _entry(path: Path, name: str, info: object, data_start: int) -> TensorEntry:
     if not isinstance(info, dict):
         raise CheckpointError(f"{path}: entry for {name!r} is not an object")
     dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-    if dtype not in DTYPE_BYTES:
+    if not isinstance(dtype, str) or dtype not in DTYPE_BYTES:
         raise CheckpointError(f"{path}: tensor {name!r} has unknown dtype {dtype!r}; known: {', '.join(DTYPE_BYTES)}")
     if not (isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
         raise CheckpointError(f"{path}: tensor {name!r} has an invalid shape {shape!r}")

@@ -11,7 +11,8 @@ from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
 
 from hpspec.model.arch import architecture, builtin_models
 from hpspec.core.errors import TargetError
-from hpspec.model.graph import ModelGraph, graph_from_builtin, graph_from_config, graph_from_module, graph_from_path
+from hpspec.model.graph import ModelGraph, graph_from_builtin, graph_from_config, graph_from_module
+from hpspec.model.targets import graph_from_path
 
 TINY_SD3 = dict(
     sample_size=16, patch_size=2, in_channels=4, num_layers=4, attention_head_dim=8, num_attention_heads=4,
