@@ -16,6 +16,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
@@ -34,7 +35,9 @@ from hpspec.plan.check import DISTILL_OPTIONS
 from hpspec.plan.plan import DistillPlan, Plan
 from hpspec.plan.schema import load_plan_file
 from hpspec.stages.cards import distilled_card
-from hpspec.stages.engine import Stage, StageInput, StageResult, Writer, require_same_pruning, resolve_model, run_stage, stage_key
+from hpspec.stages.engine import (
+    DistillOptions, Stage, StageInput, StageOptions, StageResult, Writer, require_same_pruning, resolve_model, run_stage, stage_key,
+)
 from hpspec.weights.checkpoint.source import Source, open_source
 
 if TYPE_CHECKING:
@@ -149,20 +152,24 @@ class Gate:
         return bool(broadcast_object_list([None], from_process=0)[0])
 
 
-def prepare_distill(given: StageInput) -> Writer:
+def prepare_distill(given: StageInput, out: Path | None = None, gate: Gate | None = None) -> Writer:
     """Check and load everything (plan, teacher, student, data, table); the writer trains and saves.
 
-        >>> write = prepare_distill(StageInput(plan, Path("OUT/pruned"), {"data": "demo", "teacher": "demo"}))
+        >>> options = StageOptions(distill=DistillOptions(data="demo", teacher="demo"))
+        >>> write = prepare_distill(StageInput(plan, Path("OUT/pruned"), options))  # raises before any write
         >>> write(tmp)["steps_this_run"]  # tmp: the temporary directory run_stage renames into place
         300
+
+    `out` is the output path (else read from `tmp`'s name), `gate` the processes' gate under
+    `accelerate launch` (`run_distill` passes both).
     """
     import torch
 
-    plan, options = given.plan, given.options
+    plan, options = given.plan, given.options.distill
     if plan.distill is None:
         raise DistillError(f"the plan of {plan.spec.path} declares no `distill`; add a distill statement to the spec")
     processes = process_state().num_processes
-    if processes > 1 and options.get("gate") is None:
+    if processes > 1 and gate is None:
         raise DistillError("under accelerate launch, run `hpspec distill` (compile's other stages run in one process)")
     if plan.distill.batch % processes:
         raise DistillError(f"distill batch={plan.distill.batch} does not divide over {processes} processes")
@@ -170,8 +177,8 @@ def prepare_distill(given: StageInput) -> Writer:
     teacher_dir = _teacher_dir(options)
     source = open_teacher(teacher_dir, plan)
     graph, family = source.graph, Family(source.graph.family, dict(source.config))
-    data = open_data(str(options["data"]))
-    check_fits(data, family.name, family.config, f"--data {options['data']}")
+    data = open_data(str(options.data))
+    check_fits(data, family.name, family.config, f"--data {options.data}")
     table_path = _table_path(plan, options)
     table = load_table(table_path) if table_path is not None and plan.distill.weight == "sensitivity" else None
     if table is not None:
@@ -183,26 +190,26 @@ def prepare_distill(given: StageInput) -> Writer:
     frozen = _freeze_guided(student, guide)
     job = Job(
         plan, plan.distill, student, teacher, family, data, guide, feature_pairs(plan, trainable),
-        run_key(given, teacher_dir, table_path if table is not None else None, str(options["data"])),
+        run_key(given, teacher_dir, table_path if table is not None else None, str(options.data)),
         teacher_dir, table_path if table is not None else None,
-        stop_after=options.get("stop_after"), checkpoint_every=int(options.get("checkpoint_every") or DEFAULT_CHECKPOINT_EVERY),
+        stop_after=options.stop_after, checkpoint_every=int(options.checkpoint_every or DEFAULT_CHECKPOINT_EVERY),
         progress=given.progress, frozen_by_guidance=frozen,
     )  # fmt: skip
-    return lambda tmp: _write(job, given, tmp)
+    return lambda tmp: _write(job, given, tmp, out, gate)
 
 
-def _teacher_dir(options: Mapping[str, Any]) -> Path:
-    teacher = options.get("teacher")
+def _teacher_dir(options: DistillOptions) -> Path:
+    teacher = options.teacher
     if teacher is None:
         raise DistillError("distill needs the original model as its teacher: --teacher DIR (compile passes --model)")
     return resolve_model(str(teacher))
 
 
-def _table_path(plan: Plan, options: Mapping[str, Any]) -> Path | None:
+def _table_path(plan: Plan, options: DistillOptions) -> Path | None:
     """--sensitivity wins; else the spec's `table=`, read relative to the spec (as `check` does)."""
     assert plan.distill is not None
-    if options.get("sensitivity") is not None:
-        return Path(str(options["sensitivity"]))
+    if options.sensitivity is not None:
+        return Path(str(options.sensitivity))
     if plan.distill.table is None:
         return None
     return Path(plan.spec.path).parent / plan.distill.table
@@ -216,11 +223,11 @@ def _freeze_guided(student: "nn.Module", guide: "Guidance") -> list[str]:
     return names
 
 
-def _write(job: Job, given: StageInput, tmp: Path) -> dict[str, Any]:
-    gate = given.options.get("gate")
+def _write(job: Job, given: StageInput, tmp: Path, out: Path | None, gate: Gate | None) -> dict[str, Any]:
+    """Train (or resume), then write the distilled weights, scales, card; returns provenance extras."""
     if gate is not None:
         gate.open()
-    out = Path(given.options["out"]) if given.options.get("out") else _stage_out(tmp)
+    out = Path(out) if out is not None else _stage_out(tmp)
     accelerator = make_accelerator(job.distill)
     outcome, student = train(job, accelerator, checkpoint_root(out) / job.run_key[:16])
     state = accelerator.get_state_dict(student)
@@ -273,20 +280,18 @@ def run_distill(given: StageInput, out: Path, force: bool = False) -> StageResul
 
     Only the main process writes; it returns the StageResult, the others None.
     """
-    given = replace(given, options={**given.options, "out": str(out)})
-    step = DISTILL
+    out = Path(out)
     state = process_state()
     if state.num_processes == 1:
-        return run_stage(step, given, out, force)
+        return run_stage(replace(DISTILL, prepare=partial(prepare_distill, out=out)), given, out, force)
     gate = Gate()
-    given = replace(given, options={**given.options, "gate": gate})
     if state.is_main_process:
         try:
-            return run_stage(step, given, out, force)
+            return run_stage(replace(DISTILL, prepare=partial(prepare_distill, out=out, gate=gate)), given, out, force)
         finally:
             gate.close()
     if Gate.wait():
-        writer = prepare_distill(given)
+        writer = prepare_distill(given, out, gate)
         with tempfile.TemporaryDirectory(prefix=f".{out.name}.rank{os.getpid()}-") as scratch:
             writer(Path(scratch))
     return None
@@ -325,7 +330,7 @@ def distill_demo(
     base = plan.distill or DistillPlan(**{k: o.default for k, o in DISTILL_OPTIONS.items()})  # type: ignore[arg-type]
     settings = replace(base, steps=steps, lr=lr, batch=batch, weight=weight, mode=mode, table=None, seed=seed)
     plan = replace(plan, distill=settings)
-    options = {"data": "demo", "teacher": str(resolve_model("demo")), "sensitivity": str(table) if table else None, "report": False}
-    result = run_distill(StageInput(plan, Path(pruned), options, progress), Path(out), force)
+    own = DistillOptions(data="demo", teacher=str(resolve_model("demo")), sensitivity=str(table) if table else None)
+    result = run_distill(StageInput(plan, Path(pruned), StageOptions(distill=own), progress), Path(out), force)
     assert result is not None  # one process
     return result

@@ -3,10 +3,11 @@ quantize.py; their order and `compile`: pipeline.py).
 
 Each stage reads a model directory (the original, or the stage before's output) and writes its
 own (`OUT/pruned`, `OUT/distilled`, `OUT/quantized`) with the plan that produced it, its
-provenance and a short model card. Stages are resumable: a finished stage whose plan and input
-have not changed is not redone (`--force` redoes it). A stage first checks everything it can
-without writing (`prepare`), then writes into a temporary sibling renamed into place at the end,
-so a failure leaves nothing at the output path. Every stage writes its `report.html`.
+provenance, a short model card and, given a `ReportWriter`, its report.html. Stages are
+resumable: a finished stage whose plan and input have not changed is not redone (`--force`
+redoes it). A stage first checks everything it can without writing (`prepare`), then writes into
+a temporary sibling renamed into place at the end, so a failure leaves nothing at the output
+path. What the command line adds to a plan is typed: `StageOptions`, one group per stage.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -23,7 +24,7 @@ from hpspec.core.version import __version__
 from hpspec.core import faults
 from hpspec.core.errors import HpspecError, PlanError
 from hpspec.core.io import atomic_directory, dumps_json, read_json_input, sweep_stale_siblings
-from hpspec.core.paths import PLAN_NAME, PROVENANCE_NAME, REPORT_NAME
+from hpspec.core.paths import PLAN_NAME, PROVENANCE_NAME
 from hpspec.model import targets
 from hpspec.plan.plan import Plan
 from hpspec.plan.schema import load_plan_file
@@ -37,11 +38,53 @@ Writer = Callable[[Path], dict[str, Any]]  # fills a temporary directory, return
 PRUNING_FIELDS = ("target", "stacks", "config", "ops", "freeze", "params")
 
 
+# Writes report.html into a stage directory being written: (directory, plan, sensitivity table).
+# The caller (the CLI) passes it in: the report is a floor above the stages.
+ReportWriter = Callable[[Path, Plan, "str | None"], None]
+
+
+@dataclass(frozen=True)
+class PruneOptions:
+    """What the command line adds to the prune stage."""
+
+    verify: bool = False  # --verify: scan every weight of the input for NaN and infinity first
+
+
+@dataclass(frozen=True)
+class DistillOptions:
+    """What the command line adds to the distill stage (`data` it cannot run without)."""
+
+    data: str | None = None  # --data: `demo`, or a folder of latents and text embeddings
+    teacher: str | None = None  # --teacher: the original model (compile passes --model)
+    sensitivity: str | None = None  # --sensitivity: the table for SGDistill (and every stage's report)
+    stop_after: int | None = None  # --stop-after: stop after N steps of this run, with a checkpoint
+    checkpoint_every: int | None = None  # --checkpoint-every: steps between checkpoints
+
+
+@dataclass(frozen=True)
+class QuantizeOptions:
+    """What the command line adds to the quantize stage: nothing, the plan says it all."""
+
+
+@dataclass(frozen=True)
+class StageOptions:
+    """The command-line inputs of a run: one group per stage (named as the stage), and the report."""
+
+    prune: PruneOptions = PruneOptions()
+    distill: DistillOptions = DistillOptions()
+    quantize: QuantizeOptions = QuantizeOptions()
+    report: ReportWriter | None = None  # None: no report.html (--no-report, or the Python API)
+
+    def of(self, step: Stage) -> Any:
+        """The options of one stage: `StageOptions().of(PRUNE) == PruneOptions()`."""
+        return getattr(self, step.name)
+
+
 @dataclass(frozen=True)
 class StageInput:
     plan: Plan
     source: Path  # the model directory the stage reads
-    options: Mapping[str, Any] = field(default_factory=dict)  # command-line inputs (--data, ...)
+    options: StageOptions = StageOptions()
     progress: bool = True
 
 
@@ -52,8 +95,8 @@ class Stage:
     declared: Callable[[Plan], bool]  # does the spec ask for it?
     prepare: Callable[[StageInput], Writer] | None  # None: not implemented in this version
     depends: tuple[str, ...]  # the plan's fields its output depends on (what makes it stale)
-    requires: tuple[str, ...] = ()  # options it cannot run without, e.g. ("data",)
-    keyed: tuple[str, ...] = ()  # other options its output depends on (a changed one redoes it)
+    requires: tuple[str, ...] = ()  # its options it cannot run without, e.g. ("data",)
+    keyed: tuple[str, ...] = ()  # its other options its output depends on (a changed one redoes it)
 
 
 @dataclass(frozen=True)
@@ -97,17 +140,9 @@ def run_stage(step: Stage, given: StageInput, out: Path, force: bool = False) ->
             **extras,
         }
         (tmp / PROVENANCE_NAME).write_text(dumps_json(provenance), encoding="utf-8")
-        if given.options.get("report", True):
-            _write_report(tmp / REPORT_NAME, given)
+        if given.options.report is not None:  # the plan's report, with the sensitivity table if one was given
+            given.options.report(tmp, given.plan, given.options.distill.sensitivity)
     return StageResult(step.name, out, "done", provenance)
-
-
-def _write_report(path: Path, given: StageInput) -> None:
-    """Every stage carries the plan's report, with the sensitivity table when one was given."""
-    from hpspec.report.html import write_report
-    from hpspec.report.inputs import stage_inputs
-
-    write_report(path, stage_inputs(path.parent, given.plan, given.options.get("sensitivity")))
 
 
 def _refuse_overlap(source: Path, out: Path) -> None:
@@ -135,7 +170,7 @@ def stage_key(step: Stage, given: StageInput) -> str:
         "stage": step.name,
         "plan": {name: plan[name] for name in step.depends},
         "input": _input_identity(given.source),
-        "options": {name: str(given.options.get(name)) for name in (*step.requires, *step.keyed)},
+        "options": {name: str(getattr(given.options.of(step), name)) for name in (*step.requires, *step.keyed)},
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
 

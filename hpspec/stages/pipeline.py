@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from hpspec.core.errors import HpspecError
 from hpspec.core.version import __version__
@@ -20,7 +20,7 @@ from hpspec.plan.plan import Plan
 from hpspec.plan.schema import load_plan_file
 from hpspec.plan.summary import diagnostics_text
 from hpspec.stages.distill import DISTILL
-from hpspec.stages.engine import Stage, StageInput, StageResult, run_stage
+from hpspec.stages.engine import Stage, StageInput, StageOptions, StageResult, run_stage
 from hpspec.stages.prune import PRUNE
 from hpspec.stages.quantize import QUANTIZE
 from hpspec.weights.checkpoint.source import open_source
@@ -68,15 +68,17 @@ def compile_model(
     model: Path,
     out: Path,
     force: bool = False,
-    options: Mapping[str, Any] | None = None,
+    options: StageOptions | None = None,
     progress: bool = True,
     model_label: str | None = None,
+    target: str | None = None,
 ) -> CompileResult:
     """Run every declared stage that can run, in order, each into OUT/<its directory>.
 
-    `model_label` is `--model` as the user wrote it (`demo`), for the command that continues.
+    `model_label` is `--model` as the user wrote it (`demo`) and `target` compile's `--target`, both
+    for the command that continues.
     """
-    options = dict(options or {})
+    options = options or StageOptions()
     out = Path(out)
     created = not out.exists()
     results: list[StageResult] = []
@@ -85,7 +87,8 @@ def compile_model(
         for step in STAGES:
             if not step.declared(plan):
                 continue
-            stop = _cannot_run(step, source, _continue_command(plan, model_label or str(model), out, options, step.requires), options)
+            command = _continue_command(plan, model_label or str(model), out, target, options.of(step), step.requires)
+            stop = _cannot_run(step, source, command, options.of(step))
             if stop is not None:
                 return CompileResult(tuple(results), stop)
             results.append(run_stage(step, StageInput(plan, source, options, progress), out / step.directory, force))
@@ -97,23 +100,24 @@ def compile_model(
     return CompileResult(tuple(results), None)
 
 
-def _cannot_run(step: Stage, source: Path, command: str, options: Mapping[str, Any]) -> str | None:
+def _cannot_run(step: Stage, source: Path, command: str, own: Any) -> str | None:
+    """Why `step` cannot run now (not implemented, a required option missing), or None."""
     if step.prepare is None:
         return (
             f"{step.name} is declared by the spec, but this version of hpspec ({__version__}) does not implement it; "
             f"the model so far is in {source}. A version that does continues from there with: {command}"
         )
-    missing = [option for option in step.requires if options.get(option) is None]
+    missing = [option for option in step.requires if getattr(own, option) is None]
     if missing:
         flags = ", ".join(f"--{m}" for m in missing)
         return f"{step.name} needs {flags}; the model so far is in {source}. Continue with: {command}"
     return None
 
 
-def _continue_command(plan: Plan, model: str, out: Path, options: Mapping[str, Any], requires: tuple[str, ...]) -> str:
+def _continue_command(plan: Plan, model: str, out: Path, target: str | None, own: Any, requires: tuple[str, ...]) -> str:
     """The same compile again: finished stages are not redone, so it picks up where this one stopped."""
-    flags = "".join(f" --{name} {options[name]}" for name in ("target",) if options.get(name) is not None)
-    flags += "".join(f" --{name} {options.get(name) or name.upper()}" for name in requires)
+    flags = f" --target {target}" if target is not None else ""
+    flags += "".join(f" --{name} {getattr(own, name) or name.upper()}" for name in requires)
     return f"hpspec compile {plan.spec.path} --model {model} --out {out}{flags}"
 
 

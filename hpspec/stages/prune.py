@@ -26,7 +26,7 @@ def prepare_prune(given: StageInput) -> Writer:
         ['diffusion_pytorch_model.safetensors']
     """
     source = open_source(given.source)
-    if given.options.get("verify"):  # opt in: reads every byte, where pruning copies in the kernel
+    if given.options.prune.verify:  # opt in: reads every byte, where pruning copies in the kernel
         verify_finite(source.headers)
     check_fingerprint(given.plan, source.graph, str(source.directory))
     pruned_layout(given.plan, source)  # raises on a tensor the plan cannot rewrite

@@ -27,7 +27,8 @@ from hpspec.plan.plan import Plan  # noqa: E402
 from hpspec.plan.schema import load_plan_file  # noqa: E402
 from hpspec.method.sensitivity import Entry, ScorerInfo, SensitivityTable, TargetRef  # noqa: E402
 from hpspec.method.sgdistill import EPSILON_FRACTION, GuidanceError, guidance  # noqa: E402
-from hpspec.stages.engine import StageInput  # noqa: E402
+from hpspec.report.html import write_stage_report  # noqa: E402
+from hpspec.stages.engine import DistillOptions, StageInput, StageOptions  # noqa: E402
 
 from tests.conftest import REPO, CliResult  # noqa: E402
 from tests.tiny_models import FLUX_CONFIG, SD3_CONFIG, build, isolated, save  # noqa: E402
@@ -95,8 +96,9 @@ def with_distill(pruned: Path, **settings: Any) -> Plan:
     return replace(plan, distill=replace(defaults, **settings))
 
 
-def distil(plan: Plan, pruned: Path, teacher: Path, data: Path | str, out: Path, **options: Any) -> Path:
-    given = StageInput(plan, pruned, {"teacher": str(teacher), "data": str(data), "report": False, **options}, progress=False)
+def distil(plan: Plan, pruned: Path, teacher: Path, data: Path | str, out: Path, report: bool = False, **options: Any) -> Path:
+    own = DistillOptions(teacher=str(teacher), data=str(data), **options)
+    given = StageInput(plan, pruned, StageOptions(distill=own, report=write_stage_report if report else None), progress=False)
     run_distill(given, out)
     return out
 

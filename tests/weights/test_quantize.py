@@ -71,7 +71,7 @@ def compiled(sources: dict[str, Path], tmp_path_factory: pytest.TempPathFactory)
     for kind, source in sources.items():
         for scheme in SCHEMES:
             plan = plan_for(source, SPECS[kind].format(scheme=scheme))
-            result = compile_model(plan, source, root / f"{kind}-{scheme}", progress=False, options={"report": False})
+            result = compile_model(plan, source, root / f"{kind}-{scheme}", progress=False)
             assert [r.stage for r in result.results] == ["prune", "quantize"]
             out[(kind, scheme)] = result.results[-1].out
     return out
@@ -441,7 +441,7 @@ def test_same_files_as_diffusers_own_save(tmp_path: Path, sources: dict[str, Pat
     from hpspec.stages.quantize import quantize_dir
 
     plan = plan_for(sources["sd3"], "drop block[4]\n")
-    compile_model(plan, sources["sd3"], tmp_path / "hp", progress=False, options={"report": False})
+    compile_model(plan, sources["sd3"], tmp_path / "hp", progress=False)
     pruned = tmp_path / "hp" / "pruned"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
