@@ -22,7 +22,8 @@ from hpspec.core.errors import DistillStopped  # noqa: E402
 from hpspec.method.distill.checkpoints import checkpoint_root  # noqa: E402
 from hpspec.method.distill.draws import draws  # noqa: E402
 from hpspec.stages.distill import distill_demo, run_distill  # noqa: E402
-from hpspec.method.distill.data import DataError, LatentFolder, check_fits, pipeline_encoders, write_data_folder  # noqa: E402
+from hpspec.method.distill.build import pipeline_encoders, write_data_folder  # noqa: E402
+from hpspec.method.distill.data import DataError, LatentFolder, check_fits  # noqa: E402
 from hpspec.plan.plan import Plan  # noqa: E402
 from hpspec.plan.schema import load_plan_file  # noqa: E402
 from hpspec.method.sensitivity import Entry, ScorerInfo, SensitivityTable, TargetRef  # noqa: E402
