@@ -45,16 +45,16 @@ def load_pretrained(path: str | Path, torch_dtype: torch.dtype | None = None) ->
     config = read_config(directory / CONFIG_NAME)
     if "quantization_config" in config:  # written by the quantize stage (OUT/quantized)
         return load_quantized(directory, plan, config, torch_dtype)
-    model = _empty_model(config, directory)
-    put_stand_ins(model, plan)
+    model = _skeleton(config, plan, directory)
     _, shards = find_transformer(directory)
     _load_weights(model, shards, directory, torch_dtype)
     finish_pruned(plan, model, str(directory))
     return model.eval()
 
 
-def _empty_model(config: dict[str, Any], directory: Path) -> nn.Module:
-    """The architecture config.json describes, with parameters on the meta device (no memory)."""
+def _skeleton(config: Mapping[str, Any], plan: Plan, directory: Path) -> nn.Module:
+    """The pruned architecture config.json describes, the plan's stand-ins in place, with
+    parameters on the meta device (no memory): what both loaders fill from the files."""
     import diffusers
     from accelerate import init_empty_weights
 
@@ -63,7 +63,9 @@ def _empty_model(config: dict[str, Any], directory: Path) -> nn.Module:
     if cls is None:
         raise CheckpointError(f"{directory / CONFIG_NAME}: _class_name {class_name!r}; hpspec loads {' and '.join(class_names())}")
     with init_empty_weights():
-        return cls.from_config(config)
+        model = cls.from_config(config)
+    put_stand_ins(model, plan)
+    return model
 
 
 def _load_weights(model: nn.Module, shards: Sequence[Path], directory: Path, dtype: torch.dtype | None) -> None:
@@ -75,13 +77,7 @@ def _load_weights(model: nn.Module, shards: Sequence[Path], directory: Path, dty
         state = load_file(shard)
         if dtype is not None:  # cast per shard, as diffusers' torch_dtype does: never two copies of the model
             state = {name: t.to(dtype) if t.is_floating_point() else t for name, t in state.items()}
-        unexpected = sorted(set(state) - expected)
-        if unexpected:
-            raise CheckpointError(f"{shard}: holds {unexpected[0]!r}, which the pruned model has no place for")
-        try:
-            model.load_state_dict(state, strict=False, assign=True)
-        except RuntimeError as error:
-            raise CheckpointError(f"{shard}: does not fit the pruned model: {str(error).splitlines()[-1].strip()}") from None
+        _assign(model, state, expected, shard, "pruned")
         loaded.update(state)
     # A persistent buffer the files lack keeps the value diffusers computes from the config.
     built = {n for n, b in model.named_buffers() if not b.is_meta}
@@ -89,6 +85,17 @@ def _load_weights(model: nn.Module, shards: Sequence[Path], directory: Path, dty
     if missing:
         raise CheckpointError(f"{directory}: the files lack {missing[0]!r} ({len(missing)} tensors in all)")
     require_loaded(model, directory)
+
+
+def _assign(model: nn.Module, state: Mapping[str, torch.Tensor], expected: set[str], where: Path, kind: str) -> None:
+    """`state` into `model`, strictly: a tensor the model has no place for, or one that does not fit it, is an error."""
+    unexpected = sorted(set(state) - expected)
+    if unexpected:
+        raise CheckpointError(f"{where}: holds {unexpected[0]!r}, which the {kind} model has no place for")
+    try:
+        model.load_state_dict(state, strict=False, assign=True)
+    except RuntimeError as error:
+        raise CheckpointError(f"{where}: does not fit the {kind} model: {str(error).splitlines()[-1].strip()}") from None
 
 
 def require_loaded(model: nn.Module, directory: Path) -> None:
@@ -116,8 +123,7 @@ def load_quantized(directory: Path, plan: Plan, config: Mapping[str, Any], torch
     if torch_dtype is not None and torch_dtype != compute:
         raise CheckpointError(f"{directory}: is quantized with compute {quantize.compute}; it loads at that dtype only")
     module = backend(quantize.scheme)
-    model = _empty_model({k: v for k, v in config.items() if k != "quantization_config"}, directory)
-    put_stand_ins(model, plan)
+    model = _skeleton({k: v for k, v in config.items() if k != "quantization_config"}, plan, directory)
     quantized = {}
     for path, linear in list(linears(model)):
         if not under(path, quantize.except_modules):
@@ -147,13 +153,7 @@ def _load_tensors(model: nn.Module, quantized: Mapping[str, nn.Module], module: 
         except (ValueError, KeyError, RuntimeError) as error:
             raise CheckpointError(f"{directory}: {path} does not load as {type(empty).__name__}: {error}") from None
     expected = {n for n in model.state_dict() if not any(n.startswith(p + ".") for p in quantized)}
-    unexpected = sorted(set(state) - expected)
-    if unexpected:
-        raise CheckpointError(f"{directory}: holds {unexpected[0]!r}, which the quantized model has no place for")
-    try:
-        model.load_state_dict(state, strict=False, assign=True)
-    except RuntimeError as error:
-        raise CheckpointError(f"{directory}: does not fit the quantized model: {str(error).splitlines()[-1].strip()}") from None
+    _assign(model, state, expected, directory, "quantized")
     require_loaded(model, directory)
 
 
