@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hpspec.model.arch import FAMILIES, architecture, builtin_models
+from hpspec.model.arch import architecture, builtin_models, families
 from hpspec.plan.check import DISTILL_OPTIONS, SCHEMES
 from hpspec.lang.fmt import format_source
 from hpspec.plan.schemes import QUANTIZE_BACKENDS
@@ -61,7 +61,7 @@ def _doc() -> str:
     return LANGUAGE.read_text(encoding="utf-8")
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", families())
 def test_part_tables_are_the_architecture_data(family: str) -> None:
     arch = architecture(family)
     for rules in (arch.parts, arch.single_parts):
