@@ -1,8 +1,9 @@
-"""flux: FLUX's latent packing, `pack` x `pack` latent pixels into one token ([latents] pack).
+"""flux: FLUX's latent packing, `pack` x `pack` latent pixels into one token ([latents] pack),
+and the positions of those tokens.
 
     (B, C, H, W) -> (B, H/pack * W/pack, C * pack * pack)
 
-Works on any tensor with `view`/`permute`/`reshape` (torch); imports nothing itself.
+torch is imported only inside the functions that build tensors.
 """
 
 from __future__ import annotations
@@ -20,3 +21,13 @@ def pack_latents(latents: torch.Tensor, pack: int) -> torch.Tensor:
     b, c, h, w = latents.shape
     tokens = latents.view(b, c, h // pack, pack, w // pack, pack).permute(0, 2, 4, 1, 3, 5)
     return tokens.reshape(b, (h // pack) * (w // pack), c * pack * pack)
+
+
+def image_ids(height: int, width: int, pack: int) -> torch.Tensor:
+    """FLUX's positions of the packed image tokens, (H/pack * W/pack, 3): (0, row, column) each."""
+    import torch
+
+    ids = torch.zeros(height // pack, width // pack, 3)
+    ids[..., 1] += torch.arange(height // pack)[:, None]
+    ids[..., 2] += torch.arange(width // pack)[None, :]
+    return ids.reshape(-1, 3)
