@@ -8,7 +8,13 @@ from typing import Any
 import pytest
 
 from hpspec.core.errors import ArchitectureDataError
-from hpspec.model.arch import architecture, evaluate, families, family_of_tensors, stand_in_kind
+from hpspec.model.arch import (
+    architecture,
+    evaluate,
+    families,
+    family_of_tensors,
+    stand_in_kind,
+)
 from hpspec.model.arch.load import load_toml, validated
 from hpspec.model.arch.rules import Architecture
 
