@@ -12,7 +12,7 @@ the data is one precise error at load time, not a wrong graph later.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, model_validator
 
@@ -21,7 +21,9 @@ from hpspec.model.arch.expr import compile_expression, evaluate
 from hpspec.model.safetensors_header import TORCH_DTYPES
 
 TokenClass = Literal["image", "text", "joint", "cond"]
-TOKEN_CLASSES: tuple[str, ...] = ("image", "text", "joint", "cond")
+TOKEN_CLASSES: tuple[str, ...] = get_args(TokenClass)
+StandIn = Literal["attention", "identity", "first_channels"]  # see [stand_ins] in sd3.toml, flux.toml
+NormSlot = Literal["x", "1", "0"]  # an adaptive norm stand-in's output: LN(x), a gate of ones, zeros
 BUFFER_FLAG = "buffer"  # a tensor's third entry that marks a persistent buffer, not a condition
 
 
@@ -181,8 +183,8 @@ class Architecture(Rule):
     parts: Mapping[str, PartRule]  # block parts (the double-stream / joint ones)
     single_parts: Mapping[str, PartRule] = {}  # FLUX single-stream blocks
     foreign: Mapping[str, str] = {}  # other tools' names -> the hpspec word
-    stand_ins: Mapping[str, Literal["attention", "identity", "first_channels"]] = {}
-    norm_layouts: Mapping[str, tuple[Literal["x", "1", "0"], ...]] = {}
+    stand_ins: Mapping[str, StandIn] = {}  # module name inside a block -> what replaces it
+    norm_layouts: Mapping[str, tuple[NormSlot, ...]] = {}  # adaptive norm class -> its stand-in's outputs
     last_block: LastBlockRule | None = None
     latents: LatentRule
     flops: FlopsRule
