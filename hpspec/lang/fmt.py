@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hpspec.lang import syntax as s
 from hpspec.core.diagnostics import Diagnostic
+from hpspec.lang import syntax as s
 from hpspec.lang.parse import parse
 
 

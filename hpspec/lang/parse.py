@@ -10,19 +10,24 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Callable, Iterator
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Iterator
+from typing import Union
 
+import lark
 from lark import Lark, Token, Tree
-from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 
-from hpspec.lang import syntax as s
 from hpspec.core.diagnostics import DiagnosticSink, Span, did_you_mean, one_of
 from hpspec.core.errors import SpecError
+from hpspec.core.io import cache_dir, read_text_input
+from hpspec.lang import syntax as s
 
 STATEMENTS = ("target", "drop", "preserve", "distill", "quantize")
+
+Node = Union["Tree[Token]", Token]  # a child in lark's tree: a rule's subtree or a terminal
 
 _GRAMMAR_FILE = "hpspec.lark"
 MAX_NUMBER_CHARS = 100  # Python refuses to convert integers past 4300 digits; no real index or count is near 100
@@ -74,10 +79,6 @@ def _parser() -> Lark:
 def _grammar_cache() -> str | bool:
     """Where lark keeps its tables: in hpspec's per-user cache, never lark's default, the shared temp
     directory, where anyone could plant a pickle under the predictable name lark loads (and runs)."""
-    import lark
-
-    from hpspec.core.io import cache_dir
-
     root = cache_dir()
     if root is None:
         return False
@@ -107,8 +108,6 @@ def parse(source: str, path: str = "<spec>", recover: bool = False) -> s.Spec:
 
 
 def parse_file(path: str | Path, recover: bool = False) -> s.Spec:
-    from hpspec.core.io import read_text_input
-
     text = read_text_input(Path(path), what="spec")
     return parse(text, str(path), recover)
 
@@ -120,7 +119,7 @@ def parse_file(path: str | Path, recover: bool = False) -> s.Spec:
 class _Chunk:
     """One statement's text: a single-line slice of the source, and where it starts."""
 
-    __slots__ = ("text", "line", "column", "offset", "comments")
+    __slots__ = ("column", "comments", "line", "offset", "text")
 
     def __init__(self, text: str, line: int, column: int, offset: int, comments: list[s.Comment]):
         self.text, self.line, self.column, self.offset, self.comments = text, line, column, offset, comments
@@ -195,14 +194,14 @@ def _parse_chunk(chunk: _Chunk, sink: DiagnosticSink) -> s.Statement | None:
     return statements[0] if statements else None
 
 
-def _refuse_long_number(tree: Tree, chunk: _Chunk, sink: DiagnosticSink) -> bool:
+def _refuse_long_number(tree: Tree[Token], chunk: _Chunk, sink: DiagnosticSink) -> bool:
     numbers = tree.scan_values(lambda v: isinstance(v, Token) and v.type in ("INT", "NUMBER") and len(v) > MAX_NUMBER_CHARS)
     token = next(iter(numbers), None)
     if token is None:
         return False
     sink.error(
         f"a number of {len(token)} characters",
-        _chunk_span(chunk, token.column, token.end_column),
+        _chunk_span(chunk, _known(token.column), _known(token.end_column)),
         help=f"numbers are at most {MAX_NUMBER_CHARS} characters long",
     )
     return True
@@ -212,7 +211,8 @@ def _report_syntax_error(error: UnexpectedInput, chunk: _Chunk, sink: Diagnostic
     text = chunk.text
     if isinstance(error, UnexpectedCharacters):
         column = error.column
-        bad = text[error.pos_in_stream] if error.pos_in_stream < len(text) else ""
+        at = _known(error.pos_in_stream)
+        bad = text[at] if at < len(text) else ""
         span = _chunk_span(chunk, column, column + 1)
         if bad == '"':
             sink.error("unterminated string", span, help='close it with `"` on the same line')
@@ -277,47 +277,53 @@ class _Builder:
     def __init__(self, chunk: _Chunk):
         self.chunk = chunk
 
-    def span(self, node: Tree | Token) -> Span:
+    def span(self, node: Node) -> Span:
         if isinstance(node, Token):
-            start, end, column, end_column = node.start_pos, node.end_pos, node.column, node.end_column
+            start, end = _known(node.start_pos), _known(node.end_pos)
+            column, end_column = _known(node.column), _known(node.end_column)
         else:
             meta = node.meta
             start, end, column, end_column = meta.start_pos, meta.end_pos, meta.column, meta.end_column
         c = self.chunk
         return Span(c.line, c.column + column - 1, c.line, c.column + end_column - 1, c.offset + start, c.offset + end)
 
-    def statement(self, tree: Tree) -> s.Statement:
-        return getattr(self, f"_{tree.data}")(tree)
+    def statement(self, tree: Tree[Token]) -> s.Statement:
+        build: Callable[[Tree[Token]], s.Statement] = getattr(self, f"_{tree.data}")
+        return build(tree)
 
-    def _target(self, tree: Tree) -> s.Target:
-        (token,) = tree.children
+    def _target(self, tree: Tree[Token]) -> s.Target:
+        token = _token(tree.children[0])
         value = self.string(token) if token.type == "STRING" else s.Name(str(token), self.span(token))
         return s.Target(value, self.span(tree))
 
-    def _drop(self, tree: Tree) -> s.Drop:
-        return s.Drop(tuple(self.selector(c) for c in tree.children), self.span(tree))
+    def _drop(self, tree: Tree[Token]) -> s.Drop:
+        return s.Drop(tuple(self.selector(_tree(c)) for c in tree.children), self.span(tree))
 
-    def _preserve(self, tree: Tree) -> s.Preserve:
+    def _preserve(self, tree: Tree[Token]) -> s.Preserve:
         return s.Preserve(tuple(self.item(c) for c in tree.children), self.span(tree))
 
-    def _distill(self, tree: Tree) -> s.Distill:
-        return s.Distill(tuple(self.option(c) for c in tree.children), self.span(tree))
+    def _distill(self, tree: Tree[Token]) -> s.Distill:
+        return s.Distill(tuple(self.option(_tree(c)) for c in tree.children), self.span(tree))
 
-    def _quantize(self, tree: Tree) -> s.Quantize:
+    def _quantize(self, tree: Tree[Token]) -> s.Quantize:
         scheme, exceptions, *options = tree.children
-        excepted = tuple(self.item(c) for c in exceptions.children) if exceptions is not None else ()
+        excepted = tuple(self.exception(c) for c in _tree(exceptions).children) if exceptions is not None else ()
         return s.Quantize(
-            s.Name(str(scheme), self.span(scheme)), excepted, tuple(self.option(c) for c in options), self.span(tree)
+            s.Name(str(scheme), self.span(scheme)), excepted, tuple(self.option(_tree(c)) for c in options), self.span(tree)
         )
 
-    def item(self, node: Tree | Token) -> s.Selector | s.String | s.Auto:
+    def item(self, node: Node) -> s.Selector | s.String | s.Auto:
         if isinstance(node, Tree):
             return self.selector(node)
         if node.type == "AUTO":
             return s.Auto(self.span(node))
         return self.string(node)
 
-    def selector(self, tree: Tree) -> s.Selector:
+    def exception(self, node: Node) -> s.Selector | s.String:
+        """An item of `quantize ... except` (the grammar allows no `auto` there)."""
+        return self.selector(node) if isinstance(node, Tree) else self.string(node)
+
+    def selector(self, tree: Tree[Token]) -> s.Selector:
         stack, *indices, part = tree.children
         return s.Selector(
             s.Name(str(stack), self.span(stack)),
@@ -326,14 +332,15 @@ class _Builder:
             self.span(tree),
         )
 
-    def index(self, node: Tree | Token) -> s.Index | s.Slice:
+    def index(self, node: Node) -> s.Index | s.Slice:
         if isinstance(node, Token):
             return s.Index(int(node), self.span(node))
-        start, stop, step = (int(t) if t is not None else None for t in node.children)
+        start, stop, step = (int(_token(t)) if t is not None else None for t in node.children)
         return s.Slice(start, stop, step, self.span(node))
 
-    def option(self, tree: Tree) -> s.Option:
-        key, value = tree.children
+    def option(self, tree: Tree[Token]) -> s.Option:
+        key, child = tree.children
+        value = _token(child)
         if value.type == "STRING":
             parsed: s.Value = self.string(value)
         elif value.type == "NUMBER":
@@ -345,3 +352,21 @@ class _Builder:
     def string(self, token: Token) -> s.String:
         # Only \" and \\ are escapes; the value is data, never evaluated.
         return s.String(_UNESCAPE.sub(r"\1", str(token)[1:-1]), self.span(token))
+
+
+def _token(node: Node) -> Token:
+    """A child the grammar makes a terminal."""
+    assert isinstance(node, Token), node
+    return node
+
+
+def _tree(node: Node) -> Tree[Token]:
+    """A child the grammar makes a subtree."""
+    assert isinstance(node, Tree), node
+    return node
+
+
+def _known(position: int | None) -> int:
+    """A position lark sets on every token it lexes (its types allow None)."""
+    assert position is not None
+    return position

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
+from typing import TypeVar
 
 from hpspec.core.diagnostics import Diagnostic, Span
 
@@ -61,7 +61,7 @@ class Auto:
     span: Span
 
 
-Value = Union[Name, Number, String]
+Value = Name | Number | String
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,8 @@ class Quantize:
     span: Span
 
 
-Statement = Union[Target, Drop, Preserve, Distill, Quantize]
+Statement = Target | Drop | Preserve | Distill | Quantize
+StatementT = TypeVar("StatementT", Target, Drop, Preserve, Distill, Quantize)
 
 
 @dataclass(frozen=True)
@@ -124,5 +125,6 @@ class Spec:
     # checker reports them together with its own findings.
     diagnostics: tuple[Diagnostic, ...] = ()
 
-    def of_type(self, kind: type) -> tuple:
+    def of_type(self, kind: type[StatementT]) -> tuple[StatementT, ...]:
+        """The statements of one kind, in source order."""
         return tuple(s for s in self.statements if isinstance(s, kind))

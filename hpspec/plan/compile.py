@@ -8,22 +8,40 @@ The freeze set (PWP) is `freeze`; the quantized layout is predicted by `quantize
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from hpspec.core.version import __version__
-from hpspec.model.conversion import conversion_cost, converts, index_list_updates, owner, removed_amount, removed_flops
+from hpspec.model.conversion import (
+    conversion_cost,
+    converts,
+    index_list_updates,
+    owner,
+    removed_amount,
+    removed_flops,
+)
 from hpspec.model.flops import outside_flops, part_flops, tensor_flops, tokens_for
 from hpspec.model.graph import ModelGraph
 from hpspec.plan.check import CheckedSpec, Item, removed_words
 from hpspec.plan.check.selectors import block_of
 from hpspec.plan.freeze import Removed, freeze_plan
 from hpspec.plan.plan import (
-    SCHEMA_VERSION, BytesPlan, DiagnosticInfo, DistillPlan, FlopsPlan, Op, ParamsPlan, PartCount, Plan, QuantizePlan,
-    SpecInfo, StackPlan, TargetInfo,
-)  # fmt: skip
+    SCHEMA_VERSION,
+    BytesPlan,
+    DiagnosticInfo,
+    DistillPlan,
+    FlopsPlan,
+    Op,
+    ParamsPlan,
+    PartCount,
+    Plan,
+    QuantizePlan,
+    SpecInfo,
+    StackPlan,
+    TargetInfo,
+)
 from hpspec.plan.quantize_layout import pruned_tensors, quantized_layout, weight_bytes
 from hpspec.plan.schemes import QUANTIZE_BACKENDS
-
 
 
 def compile_plan(checked: CheckedSpec) -> Plan:
@@ -159,12 +177,12 @@ def _removed_tensors(graph: ModelGraph, ops: list[Op]) -> dict[tuple[str, int, s
     for op in ops:
         block = block_of(graph, op.stack, op.block)
         if op.kind == "drop_block":
-            for part in block.parts:
-                removed[(op.stack, op.block, part.word)] = (part.params, part.nbytes)
+            for each in block.parts:
+                removed[(op.stack, op.block, each.word)] = (each.params, each.nbytes)
         elif op.kind == "drop_part":
-            part = block.part(op.part or "")
-            assert part is not None
-            removed[(op.stack, op.block, part.word)] = (part.params, part.nbytes)
+            dropped = block.part(op.part or "")
+            assert dropped is not None
+            removed[(op.stack, op.block, dropped.word)] = (dropped.params, dropped.nbytes)
     for op in ops:
         if op.kind != "convert_last_block":
             continue

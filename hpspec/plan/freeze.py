@@ -7,8 +7,8 @@ quoted paths freeze theirs; a whole block's path stands for it when every kept p
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 from hpspec.model.graph import ModelGraph
 from hpspec.plan.check import Item, PreserveSetting

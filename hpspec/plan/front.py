@@ -8,8 +8,8 @@ of a diff. Torch-free.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from hpspec.lang import syntax as s
 from hpspec.lang.parse import parse_file

@@ -17,21 +17,19 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
+from hpspec.model.conversion import split_trimmed
+from hpspec.model.graph import ModelGraph
 from hpspec.model.safetensors_header import DTYPE_BYTES
+from hpspec.plan.plan import Op, StackPlan
 from hpspec.plan.schemes import COMPUTE, QUANTIZE_SCHEMES, Scheme
-
-if TYPE_CHECKING:
-    from hpspec.model.graph import ModelGraph
-    from hpspec.plan.plan import Op, StackPlan
 
 # repr of the widest double (`-1.2345678901234567e-308`): the quant state's `nested_offset` is a
 # data-dependent float, so its JSON is padded with spaces to this width and every size is known
 # before anything is quantized (JSON ignores trailing whitespace; bitsandbytes reads it back).
 OFFSET_WIDTH = 24
-CONVERTED = ".norm1_context.linear"  # the last-block conversion keeps 2 of its 6 chunks of rows
 
 
 @dataclass(frozen=True)
@@ -181,11 +179,11 @@ def quantized_linears(tensors: Iterable[SourceTensor], except_modules: Sequence[
     ]
 
 
-def pruned_tensors(graph: "ModelGraph", ops: Sequence["Op"], stacks: Mapping[str, "StackPlan"]) -> list[SourceTensor]:
+def pruned_tensors(graph: ModelGraph, ops: Sequence[Op], stacks: Mapping[str, StackPlan]) -> list[SourceTensor]:
     """The tensors a plan's pruned model holds, named after pruning (what `checkpoint` writes)."""
     removed = [m for op in ops if op.kind == "drop_part" for m in op.modules]
-    removed += [m for op in ops if op.kind == "convert_last_block" for m in op.modules if not m.endswith(CONVERTED)]
-    converted = [m for op in ops if op.kind == "convert_last_block" for m in op.modules if m.endswith(CONVERTED)]
+    gone, converted = split_trimmed(graph.arch, (m for op in ops if op.kind == "convert_last_block" for m in op.modules))
+    removed += gone
     result = [SourceTensor(t.name, t.shape, t.buffer) for o in graph.outside for t in o.tensors if o.position == "before"]
     for stack in graph.stacks:
         index_map = stacks[stack.name].index_map
@@ -197,7 +195,9 @@ def pruned_tensors(graph: "ModelGraph", ops: Sequence["Op"], stacks: Mapping[str
                 old = f"{block.module}.{tensor.name}"
                 if under(old, removed):
                     continue
-                shape = (tensor.shape[0] // 3, *tensor.shape[1:]) if under(old, converted) else tensor.shape
+                shape = tensor.shape
+                if under(old, converted) and graph.arch.last_block is not None:  # the trimmed modulation's rows
+                    shape = (graph.arch.last_block.kept_rows(tensor.shape[0]), *tensor.shape[1:])
                 result.append(SourceTensor(f"{stack.module}.{new}.{tensor.name}", shape, tensor.buffer))
     result += [SourceTensor(t.name, t.shape, t.buffer) for o in graph.outside for t in o.tensors if o.position != "before"]
     return result

@@ -12,7 +12,8 @@ import os
 from pathlib import Path
 
 from hpspec.lang.fmt import quote
-from hpspec.model.graph import ModelGraph, target_names
+from hpspec.model.graph import ModelGraph
+from hpspec.model.targets import target_names
 from hpspec.plan.summary import graph_text
 
 

@@ -11,14 +11,18 @@ import json
 import sys
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hpspec.core.errors import PlanError
+from hpspec.core.io import read_text_input
 from hpspec.plan.plan import SCHEMA_VERSION, Plan
+
+if TYPE_CHECKING:
+    from pydantic import TypeAdapter
 
 
 @lru_cache(maxsize=1)
-def _adapter() -> Any:
+def _adapter() -> TypeAdapter[Plan]:
     from pydantic import TypeAdapter
 
     return TypeAdapter(Plan)
@@ -51,8 +55,6 @@ def load_plan(text: str, where: str = "plan") -> Plan:
 
 
 def load_plan_file(path: Path) -> Plan:
-    from hpspec.core.io import read_text_input
-
     return load_plan(read_text_input(Path(path), "plan", limit=64 << 20), str(path))
 
 

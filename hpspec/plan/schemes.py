@@ -7,8 +7,9 @@ quantize stage (which library quantizes and loads it, what to install). Torch-fr
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, Mapping
+from typing import Literal
 
 Layout = Literal["bnb_4bit", "bnb_int8", "quanto_int4"]
 
@@ -32,13 +33,13 @@ class Scheme:
     @property
     def code_entries(self) -> int:
         """Entries of the fp32 code book a 4-bit bitsandbytes weight carries (`quant_map`)."""
-        return 2**self.bits
+        return 1 << self.bits
 
     @property
     def nested_code_entries(self) -> int:
         """Entries of the nested absmax's code book (`nested_quant_map`), double quantization only."""
         assert self.nested_bits is not None, self.name
-        return 2**self.nested_bits
+        return 1 << self.nested_bits
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from hpspec.core.diagnostics import Diagnostic
 from hpspec.model.graph import ModelGraph
@@ -81,16 +81,11 @@ def plan_text(plan: Plan) -> str:
         )
     lines.append("")
     p, b = plan.params, plan.bytes
-    lines.append(
-        table(
-            [
-                ["parameters", f"{p.before:,}", f"{p.after_prune:,}", f"{100 * p.after_prune / p.before:.1f}%"],
-                [f"weight bytes ({b.dtype})", human_bytes(b.before), human_bytes(b.after_prune),
-                 f"{100 * b.after_prune / b.before:.1f}%"],
-            ],  # fmt: skip
-            ["", "before", "after prune", "kept"],
-        )
-    )
+    rows = [
+        ["parameters", f"{p.before:,}", f"{p.after_prune:,}", f"{100 * p.after_prune / p.before:.1f}%"],
+        [f"weight bytes ({b.dtype})", human_bytes(b.before), human_bytes(b.after_prune), f"{100 * b.after_prune / b.before:.1f}%"],
+    ]
+    lines.append(table(rows, ["", "before", "after prune", "kept"]))
     lines.append("(weight bytes, decimal units; peak memory in a forward pass is a different measure)")
     if b.after_quantize is not None and plan.quantize is not None:
         lines.append(

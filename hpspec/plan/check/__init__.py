@@ -12,13 +12,19 @@ graph a spec is checked against.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from hpspec.core.errors import SpecError
 from hpspec.lang import syntax as s
 from hpspec.model.graph import ModelGraph
 from hpspec.plan.check import distill, drops, keep_a_block, preserve, promote, quantize
-from hpspec.plan.check.checked import CheckedSpec, Item, Located, PreserveSetting, QuantizeSetting
+from hpspec.plan.check.checked import (
+    CheckedSpec,
+    Item,
+    Located,
+    PreserveSetting,
+    QuantizeSetting,
+)
 from hpspec.plan.check.context import Context
 from hpspec.plan.check.options import DISTILL_OPTIONS, QUANTIZE_OPTIONS, DistillOption
 from hpspec.plan.check.selectors import removed_words

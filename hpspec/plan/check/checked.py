@@ -33,8 +33,7 @@ class Item:
 
     def describe(self) -> str:
         """As a user writes it: `block[22].context_mlp`, `single_block[3]`."""
-        singular = self.stack[:-1] if self.stack.endswith("s") else self.stack
-        return f"{singular}[{self.block}]" + (f".{self.part}" if self.part else "")
+        return f"{self.stack.removesuffix('s')}[{self.block}]" + (f".{self.part}" if self.part else "")
 
 
 @dataclass(frozen=True)

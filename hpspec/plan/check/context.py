@@ -6,8 +6,8 @@ settings), and the few ways of wording a message that several rules use.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 from hpspec.core.diagnostics import DiagnosticSink, Span, did_you_mean, one_of
 from hpspec.lang import syntax as s

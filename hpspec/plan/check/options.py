@@ -9,8 +9,9 @@ checked against its option's kind:
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from hpspec.core.diagnostics import Span, did_you_mean, one_of
 from hpspec.lang import syntax as s
@@ -99,7 +100,7 @@ def _number(ctx: Context, value: s.Number, key: str, spec: DistillOption) -> int
         ctx.sink.error(f"`{key}` must be {wanted}", value.span)
         return None
     number = float(value.text)
-    if number < 0 or number != number or number in (float("inf"),):
+    if number < 0 or math.isnan(number) or math.isinf(number):
         ctx.sink.error(f"`{key}` must be a finite number of at least 0", value.span)
         return None
     return number

@@ -10,7 +10,7 @@ each once, and every reason a selector names nothing valid is reported where it 
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from hpspec.core.diagnostics import Span, all_of, did_you_mean, one_of
 from hpspec.lang import syntax as s

@@ -7,8 +7,16 @@
 from __future__ import annotations
 
 from hpspec.plan.diff.compare import (
-    MAX_INPUT_BYTES, Change, Count, FreezeChange, PlanDiff, Removal, diff_plans, load_pair, selector_text,
-)  # fmt: skip
+    MAX_INPUT_BYTES,
+    Change,
+    Count,
+    FreezeChange,
+    PlanDiff,
+    Removal,
+    diff_plans,
+    load_pair,
+    selector_text,
+)
 from hpspec.plan.diff.render import detail_sections, headline, render, table_rows
 
 __all__ = [

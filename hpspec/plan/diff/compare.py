@@ -13,9 +13,10 @@ uncompressed model, so a new spec can be diffed against nothing.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from hpspec.core.io import dumps_json, read_text_input
 from hpspec.lang import syntax as s

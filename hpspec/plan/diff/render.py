@@ -4,7 +4,8 @@ HTML report shows (the short table, the detail sections, the headline).
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from hpspec.plan.diff.compare import FreezeChange, PlanDiff, Removal, selector_text
 from hpspec.plan.summary import human_bytes, table
