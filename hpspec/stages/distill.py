@@ -30,7 +30,7 @@ from hpspec.method.distill.objective import Family, feature_pairs
 from hpspec.method.sensitivity import check_table_fits, load_table
 from hpspec.method.sgdistill import Guidance, frozen_by, guidance
 from hpspec.model.targets import find_transformer
-from hpspec.model.safetensors_header import read_header
+from hpspec.model.safetensors_header import TORCH_DTYPES as DTYPE_NAMES, read_header
 from hpspec.plan.check import DISTILL_OPTIONS
 from hpspec.plan.plan import DistillPlan, Plan
 from hpspec.plan.schema import load_plan_file
@@ -85,7 +85,6 @@ def run_key(given: StageInput, teacher: Path, table: Path | None, data: str) -> 
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
-
 # --------------------------------------------------------------------------------------------
 # Writing the distilled model (the pruned directory's layout)
 
@@ -95,7 +94,7 @@ def save_distilled(state: Mapping[str, "torch.Tensor"], pruned: Path, out: Path,
     import torch
     from safetensors.torch import save_file
 
-    dtypes = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+    dtypes = {DTYPE_NAMES[name]: getattr(torch, name) for name in ("float32", "float16", "bfloat16")}  # the floats a student trains in
     _, shards = find_transformer(pruned)
     files = []
     for shard in shards:

@@ -82,6 +82,8 @@ class StageOptions:
 
 @dataclass(frozen=True)
 class StageInput:
+    """What a stage runs on: the plan, the directory it reads, the command line's options."""
+
     plan: Plan
     source: Path  # the model directory the stage reads
     options: StageOptions = StageOptions()
@@ -90,6 +92,14 @@ class StageInput:
 
 @dataclass(frozen=True)
 class Stage:
+    """One stage: its command, its directory under OUT, when a spec declares it, and how it runs.
+
+        >>> QUANTIZE = Stage("quantize", "quantized", lambda plan: plan.quantize is not None, prepare_quantize,
+        ...                  depends=("quantize",))
+        >>> run_stage(QUANTIZE, StageInput(plan, Path("OUT/pruned")), Path("OUT/quantized")).status
+        'done'
+    """
+
     name: str  # the command: `hpspec NAME`
     directory: str  # its directory under OUT
     declared: Callable[[Plan], bool]  # does the spec ask for it?
@@ -101,6 +111,8 @@ class Stage:
 
 @dataclass(frozen=True)
 class StageResult:
+    """A stage run: where its output is, whether it was done now, and its provenance."""
+
     stage: str
     out: Path
     status: str  # "done" or "up to date"
@@ -153,6 +165,7 @@ def _refuse_overlap(source: Path, out: Path) -> None:
 
 
 def read_provenance(directory: Path) -> dict[str, Any] | None:
+    """A finished stage directory's provenance.json; None when it has none (or an unreadable one)."""
     path = Path(directory) / PROVENANCE_NAME
     if not path.is_file():
         return None

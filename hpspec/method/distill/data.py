@@ -27,6 +27,7 @@ from hpspec.core.errors import DataError
 from hpspec.core.io import read_json_input
 from hpspec.model.arch import architecture
 from hpspec.model.safetensors_header import read_header
+from hpspec.model.targets import DEMO  # `--data demo`: the demo's own digits and prompts
 
 if TYPE_CHECKING:
     import torch
@@ -36,7 +37,6 @@ VERSION = 1
 MANIFEST_NAME = "manifest.json"
 UNCONDITIONAL_NAME = "unconditional.safetensors"
 LATENTS, STATES, POOLED = "latents", "encoder_hidden_states", "pooled_projections"
-DEMO = "demo"
 DEMO_UNCONDITIONAL_FRACTION = 0.1  # the demo model was trained with this prompt dropout (CFG)
 DEFAULT_UNCONDITIONAL_FRACTION = 0.1
 
