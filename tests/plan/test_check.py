@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
+import textwrap
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
-from hpspec.plan.check import check, load_target
+from hpspec.plan.check import RULES, check, load_target, options, selectors, target
 from hpspec.core.errors import SpecError
 from hpspec.model.graph import graph_from_builtin
 from hpspec.lang.parse import parse
@@ -15,6 +18,7 @@ from tests.conftest import GOLDEN, REPO, assert_golden
 
 CHECK_FIXTURES = sorted((GOLDEN / "check").glob("*.hps"))
 SHIPPED_SPECS = sorted((REPO / "specs").rglob("*.hps"))
+RULE_DOCS = [*(importlib.import_module(rule.__module__) for rule in RULES), selectors, options, target]
 
 
 @pytest.mark.parametrize("spec", CHECK_FIXTURES, ids=lambda p: p.stem)
@@ -99,3 +103,17 @@ def test_preserving_a_block_and_a_part_of_another_together() -> None:
     # Regression (found by the property test): whole-block and part items sort together.
     result = checked("drop blocks[30]\npreserve block[3], block[3].mlp, block[1].attn, block[2]\nquantize nf4 except block[4], block[4].mlp")
     assert [(i.block, i.part) for i in result.preserve.items] == [(1, "attn"), (2, None), (3, None), (3, "mlp")]
+
+
+@pytest.mark.parametrize("module", RULE_DOCS, ids=lambda m: m.__name__.rpartition(".")[2])
+def test_rule_docstring_examples_say_what_check_says(module: ModuleType) -> None:
+    """Each rule's docstring example: its spec, then the first diagnostic it gives, verbatim."""
+    doc = module.__doc__ or ""
+    example = textwrap.dedent(doc[doc.index("\n    ") :].split('"""')[0]).strip().splitlines()
+    at = next(i for i, line in enumerate(example) if line.startswith(("error: ", "warning: ")))
+    spec = parse("\n".join(example[:at]) + "\n", recover=True)
+    try:
+        said = check(spec, load_target(spec)).diagnostics
+    except SpecError as error:
+        said = error.diagnostics
+    assert example[at] in [f"{d.severity}: {d.message}" for d in said]

@@ -1,5 +1,6 @@
 """Rule: every `drop` selector, resolved; a drop that another drop already covers is a warning.
 
+    target sd3.5-medium
     drop blocks[3], block[3]
     warning: block[3] is dropped twice
       = help: it is already dropped on line 1

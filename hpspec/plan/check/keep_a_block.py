@@ -1,5 +1,6 @@
 """Rule: a spec keeps at least one block.
 
+    target sd3.5-medium
     drop blocks[:]
     error: this spec drops every block of sd3.5-medium
       = help: keep at least one block

@@ -3,6 +3,7 @@
 Not a rule of its own: the `distill` and `quantize` rules read their options here. Each value is
 checked against its option's kind:
 
+    target sd3.5-medium
     distill steps=0
     error: `steps` must be a positive integer
 """

@@ -1,5 +1,6 @@
 """Rule: `preserve` (the freeze set): `auto`, selectors and quoted module paths that survive pruning.
 
+    target sd3.5-medium
     drop blocks[3]
     preserve blocks[0:4]
     error: block 3 is both dropped and preserved

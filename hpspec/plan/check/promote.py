@@ -1,7 +1,9 @@
 """Rule: a block whose every part is dropped becomes a whole-block drop, with a warning.
 
-    drop block[5].attn, block[5].mlp, block[5].norm    # every part of an sd3 block (say)
-    warning: every part of block 5 is dropped: it becomes a whole-block drop
+    target sd3.5-medium
+    drop block[20].norm, block[20].context_norm, block[20].attn, block[20].mlp, block[20].context_mlp
+    warning: every part of block 20 is dropped: it becomes a whole-block drop
+      = help: a whole-block drop adds nothing to the streams, while identity parts still add ...
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """Rule: one `quantize SCHEME` statement; its exceptions must survive pruning.
 
+    target sd3.5-medium
     drop blocks[3]
     quantize nf4 except blocks[3]
     error: the quantize exception names block[3], which this spec drops

@@ -3,7 +3,8 @@
 Not a rule of its own: `drop`, `preserve` and `quantize except` resolve their selectors here,
 each once, and every reason a selector names nothing valid is reported where it is written:
 
-    drop blocks[40]                 # on sd3.5-medium (24 blocks)
+    target sd3.5-medium
+    drop blocks[40]
     error: block 40 is out of range
       = help: sd3.5-medium has blocks 0–23; negative indices count from the end
 """

@@ -1,7 +1,7 @@
 """target: the model graph a spec is checked against (`--target` wins over the spec's `target`).
 
     target "no/such/model"
-    error: no/such/model: no such file or directory ...
+    error: no/such/model: no such file or directory
 """
 
 from __future__ import annotations
