@@ -79,3 +79,8 @@ class DistillStopped(DistillError):
     """The run stopped early as asked (`--stop-after`); its checkpoint resumes it (exit 3)."""
 
     exit_code = 3
+
+
+class LayoutError(CheckpointError):
+    """A single-file checkpoint's key layout is unknown or mixed, its format unreadable (a pickle), or a
+    conversion between layouts is impossible."""

@@ -1,0 +1,257 @@
+"""convert: a transformer checkpoint rewritten between key layouts as a byte-range copy.
+
+Single file (bfl, sai, comfyui-prefixed, or diffusers-named) <-> diffusers folder, and any layout
+to any other of the same family. Every output tensor is a concatenation of contiguous row ranges
+of source tensors (the key map in `hpspec.model.formats`), so the output is a new safetensors
+header and then file-to-file copies (`os.copy_file_range`): peak memory stays flat whatever the
+model's size, fp8 bytes are carried as they are. Outputs are written into a temporary sibling and
+renamed into place. The safetensors metadata says the layout and the diffusers config.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from hpspec.core.errors import HpspecError, LayoutError
+from hpspec.core.io import (
+    TMP_MARKER,
+    atomic_directory,
+    dumps_json,
+    sweep_stale_siblings,
+)
+from hpspec.core.paths import CONFIG_NAME, WEIGHTS_NAME
+from hpspec.model.formats.detect import DIFFUSERS, detect_file
+from hpspec.model.formats.infer import Inferred, with_hints
+from hpspec.model.formats.keymap import Slice, expand, to_diffusers, to_original
+from hpspec.model.formats.rules import key_map_of_family, layouts
+from hpspec.model.graph import family_of_config
+from hpspec.model.safetensors_header import read_header
+from hpspec.model.targets import find_transformer, read_config
+from hpspec.weights.checkpoint.layout import OutTensor, Segment
+from hpspec.weights.checkpoint.writer import _copy_range, _header_bytes, _runs
+
+TARGETS = ("diffusers", "bfl", "sai", "comfyui")  # what `--to` names for safetensors outputs
+METADATA_LAYOUT = "hpspec.layout"
+METADATA_CONFIG = "hpspec.config"
+
+
+@dataclass(frozen=True)
+class Model:
+    """A transformer checkpoint as diffusers-named tensors whose bytes lie in source files."""
+
+    family: str
+    config: Mapping[str, Any]
+    tensors: Mapping[str, OutTensor]  # diffusers name -> its byte ranges in the source
+    layout: str  # the source's own layout name (bfl, sai, comfyui, diffusers)
+    ignored: Mapping[str, int] = field(default_factory=dict)  # all-in-one files: what was not read
+    assumed: tuple[str, ...] = ()  # config facts not read from the shapes
+
+
+@dataclass(frozen=True)
+class Converted:
+    out: Path
+    layout: str
+    family: str
+    config: Mapping[str, Any]
+    tensors: int
+    nbytes: int
+    dtypes: tuple[str, ...]
+    ignored: Mapping[str, int]
+    assumed: tuple[str, ...]
+
+
+# --------------------------------------------------------------------------------------------
+# Reading: any input as diffusers-named byte ranges
+
+
+def open_model(path: Path, hints: Mapping[str, Any] | None = None) -> Model:
+    """A single safetensors file in any known layout, or a diffusers transformer directory.
+
+    `hints` (a config.json, as diffusers' `from_single_file(config=...)` takes) supplies what a
+    single file's shapes cannot say: the head width where there is no qk-norm, the rotary axes."""
+    path = Path(path)
+    if path.is_dir():
+        return _open_diffusers(path)
+    found = detect_file(path)
+    if hints:
+        better = with_hints(Inferred(found.config, found.assumed), hints, str(path))
+        found = replace(found, config=better.config, assumed=better.assumed)
+    raw = {n: OutTensor(n, e.dtype, e.shape, (Segment(path, e.begin, e.end),)) for n, e in found.tensors.items()}
+    if found.layout == DIFFUSERS:
+        tensors = raw
+    else:
+        assert found.rule is not None
+        mapping = to_diffusers(expand(found.rule, found.config, found.counts))
+        tensors = assemble(mapping, raw, f"{path} ({found.layout} layout)")
+    return Model(found.family, found.config, tensors, found.layout_name, found.ignored, found.assumed)
+
+
+def _open_diffusers(path: Path) -> Model:
+    config_path, shards = find_transformer(path)
+    if config_path is None:
+        raise LayoutError(f"{path}: a diffusers folder needs its {CONFIG_NAME}")
+    config = read_config(config_path)
+    family = family_of_config(config, str(config_path))
+    tensors = {}
+    for shard in shards:
+        for name, e in read_header(shard).tensors.items():
+            tensors[name] = OutTensor(name, e.dtype, e.shape, (Segment(shard, e.begin, e.end),))
+    return Model(family, config, tensors, DIFFUSERS)
+
+
+# --------------------------------------------------------------------------------------------
+# Row slices -> byte ranges
+
+
+def assemble(mapping: Mapping[str, Sequence[Slice]], sources: Mapping[str, OutTensor], where: str) -> dict[str, OutTensor]:
+    """Each target tensor of `mapping` from row slices of `sources`; every source used, none missing."""
+    missing = sorted({s.name for slices in mapping.values() for s in slices} - set(sources))
+    if missing:
+        raise LayoutError(f"{where}: {len(missing)} tensors the key map needs are missing: {_some(missing)}")
+    used = {s.name for slices in mapping.values() for s in slices}
+    unknown = sorted(set(sources) - used)
+    if unknown:
+        raise LayoutError(f"{where}: {len(unknown)} tensors the key map does not know: {_some(unknown)}")
+    return {name: _joined(name, [_cut(sources[s.name], s, where) for s in slices], where) for name, slices in mapping.items()}
+
+
+def _some(names: Sequence[str], shown: int = 4) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(repr(n) for n in names[:shown]) + more
+
+
+def _cut(tensor: OutTensor, piece: Slice, where: str) -> OutTensor:
+    """Rows [begin, end) of `tensor` (row-major: one contiguous byte range per source segment)."""
+    if piece.begin is None or piece.end is None:
+        return tensor
+    rows = tensor.shape[0] if tensor.shape else 0
+    if not 0 <= piece.begin < piece.end <= rows:
+        raise LayoutError(f"{where}: {tensor.name!r} has {rows} rows; the key map wants rows {piece.begin}:{piece.end}")
+    row = tensor.nbytes // rows
+    return OutTensor(tensor.name, tensor.dtype, (piece.end - piece.begin, *tensor.shape[1:]), _bytes(tensor.segments, piece.begin * row, piece.end * row))
+
+
+def _bytes(segments: Sequence[Segment], begin: int, end: int) -> tuple[Segment, ...]:
+    """Bytes [begin, end) of the concatenation of `segments`."""
+    out, offset = [], 0
+    for s in segments:
+        size = s.end - s.begin
+        lo, hi = max(begin, offset), min(end, offset + size)
+        if lo < hi:
+            out.append(Segment(s.path, s.begin + lo - offset, s.begin + hi - offset))
+        offset += size
+    return tuple(out)
+
+
+def _joined(name: str, parts: Sequence[OutTensor], where: str) -> OutTensor:
+    first = parts[0]
+    if len(parts) == 1:
+        return OutTensor(name, first.dtype, first.shape, first.segments)
+    for part in parts[1:]:
+        if part.dtype != first.dtype or part.shape[1:] != first.shape[1:]:
+            raise LayoutError(
+                f"{where}: cannot fuse {first.name!r} ({first.dtype} {list(first.shape)}) with {part.name!r} ({part.dtype} {list(part.shape)}) into {name!r}"
+            )
+    rows = sum(p.shape[0] for p in parts)
+    return OutTensor(name, first.dtype, (rows, *first.shape[1:]), tuple(s for p in parts for s in p.segments))
+
+
+# --------------------------------------------------------------------------------------------
+# Writing one layout
+
+
+def layout_tensors(model: Model, to: str) -> list[OutTensor]:
+    """The output tensors of `model` in layout `to` (diffusers, bfl, sai, comfyui), in file order."""
+    if to == DIFFUSERS:
+        return [model.tensors[n] for n in sorted(model.tensors)]
+    rule = key_map_of_family(model.family)
+    prefix = ""
+    if to in {r.name for r in layouts().prefixes}:
+        prefix = next(r.prefix for r in layouts().prefixes if r.name == to)
+    elif to != rule.layout:
+        known = ", ".join(t for t in TARGETS if t in (DIFFUSERS, rule.layout) or t in {r.name for r in layouts().prefixes})
+        raise LayoutError(f"a {model.family} transformer cannot be written in the {to!r} layout; it can be: {known}")
+    mapping = to_original(expand(rule, model.config))
+    tensors = assemble(mapping, model.tensors, f"{model.family} -> {to}")
+    return [_renamed(t, prefix + t.name) for t in tensors.values()]
+
+
+def _renamed(tensor: OutTensor, name: str) -> OutTensor:
+    return OutTensor(name, tensor.dtype, tensor.shape, tensor.segments)
+
+
+def metadata(model: Model, to: str) -> dict[str, str]:
+    """What a loader needs beside the tensors: the layout, and the diffusers config."""
+    return {"format": "pt", METADATA_LAYOUT: to, METADATA_CONFIG: json.dumps(dict(model.config), sort_keys=True)}
+
+
+def convert(source: Path, out: Path, to: str, force: bool = False, hints: Mapping[str, Any] | None = None) -> Converted:
+    """Rewrite `source` (a file or diffusers folder) in layout `to`: a folder for diffusers, else one file."""
+    if to not in TARGETS:
+        raise LayoutError(f"unknown layout {to!r}; known: {', '.join(TARGETS)}")
+    model = open_model(source, hints)
+    return write_model(model, Path(out), to, force)
+
+
+def write_model(model: Model, out: Path, to: str, force: bool = False) -> Converted:
+    tensors = layout_tensors(model, to)
+    if to == DIFFUSERS:
+        with atomic_directory(out, force) as tmp:
+            write_safetensors(tmp / f"{WEIGHTS_NAME}.safetensors", tensors, metadata(model, to))
+            (tmp / CONFIG_NAME).write_text(dumps_json(dict(model.config)), encoding="utf-8")
+    else:
+        with atomic_file(out, force) as tmp:
+            write_safetensors(tmp, tensors, metadata(model, to))
+    dtypes = tuple(sorted({t.dtype for t in tensors}))
+    nbytes = sum(t.nbytes for t in tensors)
+    return Converted(out, to, model.family, model.config, len(tensors), nbytes, dtypes, model.ignored, model.assumed)
+
+
+def write_safetensors(path: Path, tensors: Sequence[OutTensor], meta: Mapping[str, str]) -> None:
+    """A new header, then each tensor's byte ranges copied file-to-file in order."""
+    raw = _header_bytes(tensors, meta)
+    with path.open("wb") as handle:
+        handle.write(len(raw).to_bytes(8, "little") + raw)
+    with path.open("r+b") as destination:  # not "ab": copy_file_range refuses O_APPEND
+        destination.seek(0, os.SEEK_END)
+        for run in _runs(tensors):
+            _copy_range(run, destination.fileno(), lambda _: None)
+        destination.flush()
+        os.fsync(destination.fileno())
+
+
+@contextmanager
+def atomic_file(out: Path, force: bool = False) -> Iterator[Path]:
+    """A temporary sibling to write; renamed onto `out` when the block ends, removed on any error."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale_siblings(out)
+    if out.exists() and not force:
+        raise HpspecError(f"{out}: already exists (use --force to replace it)")
+    fd, name = tempfile.mkstemp(prefix=f".{out.name}{TMP_MARKER}", dir=out.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, out)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        raise HpspecError(f"{out}: cannot write: {error.strerror or error}") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+

@@ -1,0 +1,301 @@
+"""gguf: GGUF files as ComfyUI-GGUF (city96) and diffusers read them, written and read streamed.
+
+Written: architecture key `flux` or `sd3`, tensor names in the original layout (bfl, sai), one
+tensor at a time: read its byte ranges, cast to float32, quantize with the `gguf` package's own
+`gguf.quants.quantize`, write, drop (peak memory: about the largest tensor, in float32, twice).
+Which tensors stay unquantized follows city96's converter and llama.cpp patch: 1-D and tiny
+tensors in F32, the embedders and the final layer, and anything not 2-D or whose rows do not fill
+whole quantization blocks, in the float type of the source (F16 for float32 sources).
+
+Read: the header through `gguf.GGUFReader`; tensors are byte ranges of the file, so renaming and
+whole-block drops copy quantized bytes as they are, with no dequantization.
+
+Type names are written lowercase (`q8_0`) and read case-insensitively. numpy and gguf are imported
+where used.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hpspec.core.errors import LayoutError
+from hpspec.model.formats.keymap import block_indices, renumber
+from hpspec.model.formats.rules import key_map_of_family
+from hpspec.weights.checkpoint.layout import OutTensor
+from hpspec.weights.formats.convert import (
+    Model,
+    atomic_file,
+    layout_tensors,
+    open_model,
+)
+
+TYPES = ("f32", "f16", "bf16", "q8_0", "q5_0", "q5_1", "q4_0", "q4_1")  # what hpspec writes
+FLOAT_TYPES = ("f32", "f16", "bf16")
+TINY = 1024  # tensors of at most this many elements stay in F32 (city96's QUANTIZATION_THRESHOLD)
+KEEP = {  # name prefixes kept unquantized, per architecture (city96's llama.cpp patch)
+    "flux": ("txt_in.", "img_in.", "time_in.", "vector_in.", "guidance_in.", "final_layer."),
+    "sd3": ("final_layer.", "t_embedder.", "y_embedder.", "x_embedder.", "context_embedder.", "pos_embed"),
+}
+METADATA_CONFIG = "hpspec.config"
+
+
+@dataclass(frozen=True)
+class GGUFTensor:
+    name: str
+    type: str  # lowercase GGML type name (q8_0, f16, ...)
+    shape: tuple[int, ...]  # torch order (rows first)
+    begin: int  # absolute byte offsets in the file
+    end: int
+
+
+@dataclass(frozen=True)
+class GGUFFile:
+    path: Path
+    arch: str
+    tensors: Mapping[str, GGUFTensor]
+    fields: Mapping[str, Any]  # the key-value metadata, as Python values
+
+
+def parse_type(text: str) -> str:
+    """`Q8_0`, `q8_0`, `gguf:Q8_0` -> `q8_0`; LayoutError for a type hpspec cannot write."""
+    name = text.lower().removeprefix("gguf:").strip()
+    if name not in TYPES:
+        hint = " (the gguf package can read K-quants but not write them)" if name.endswith("_k") or "_k_" in name else ""
+        raise LayoutError(f"GGUF type {text!r} cannot be written{hint}; known: {', '.join(TYPES)}")
+    return name
+
+
+def _ggml(name: str) -> Any:
+    import gguf
+
+    return gguf.GGMLQuantizationType[name.upper()]
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+
+
+def tensor_type(arch: str, name: str, shape: Sequence[int], source_dtype: str, wanted: str) -> str:
+    """The GGML type one tensor is written in, for a requested file type (city96's rules)."""
+    import gguf
+
+    fallback = "bf16" if source_dtype == "BF16" and wanted not in FLOAT_TYPES else ("f16" if wanted not in FLOAT_TYPES else wanted)
+    if len(shape) <= 1 or math.prod(shape) <= TINY:
+        return "f32" if source_dtype in ("F32", "BF16") or wanted == "f32" else fallback
+    if wanted in FLOAT_TYPES:
+        return wanted
+    block = gguf.GGML_QUANT_SIZES[_ggml(wanted)][0]
+    if len(shape) != 2 or shape[-1] % block or name.startswith(KEEP.get(arch, ())):
+        return fallback
+    return wanted
+
+
+def write_gguf(model: Model, out: Path, wanted: str, force: bool = False) -> Path:
+    """`model` as one GGUF file of type `wanted`, names in the family's original layout."""
+    import gguf
+
+    wanted = parse_type(wanted)
+    rule = key_map_of_family(model.family)
+    arch = model.family
+    tensors = layout_tensors(model, rule.layout)
+    types = [tensor_type(arch, t.name, t.shape, t.dtype, wanted) for t in tensors]
+    with atomic_file(out, force) as tmp:
+        writer = gguf.GGUFWriter(path=None, arch=arch)
+        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        writer.add_file_type(_file_type(wanted))
+        writer.add_string(METADATA_CONFIG, _config_json(model.config))
+        for tensor, kind in zip(tensors, types):
+            writer.add_tensor_info(tensor.name, tensor.shape, _np_float32(), _nbytes(tensor.shape, kind), raw_dtype=_ggml(kind))
+        writer.write_header_to_file(path=tmp)
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        for tensor, kind in zip(tensors, types):
+            data = gguf.quants.quantize(read_float32(tensor), _ggml(kind))
+            writer.write_tensor_data(data)
+            del data
+        writer.close()
+    return Path(out)
+
+
+def convert_to_gguf(source: Path, out: Path, wanted: str, force: bool = False, hints: Mapping[str, Any] | None = None) -> Path:
+    """A single file or diffusers folder written as GGUF (`hpspec convert IN --to gguf:q8_0`)."""
+    parse_type(wanted)
+    return write_gguf(open_model(source, hints), out, wanted, force)
+
+
+def _config_json(config: Mapping[str, Any]) -> str:
+    return json.dumps(dict(config), sort_keys=True)
+
+
+def _np_float32() -> Any:
+    import numpy as np
+
+    return np.dtype(np.float32)
+
+
+def _file_type(wanted: str) -> int:
+    import gguf
+
+    return int(gguf.LlamaFileType[{"f32": "ALL_F32"}.get(wanted, f"MOSTLY_{wanted.upper()}")])
+
+
+def _nbytes(shape: Sequence[int], kind: str) -> int:
+    import gguf
+
+    block, size = gguf.GGML_QUANT_SIZES[_ggml(kind)]
+    return math.prod(shape) // block * size
+
+
+def read_float32(tensor: OutTensor) -> Any:
+    """One tensor's bytes from its source file(s), as a float32 numpy array of its shape."""
+    raw = bytearray()
+    for segment in tensor.segments:
+        with segment.path.open("rb") as handle:
+            handle.seek(segment.begin)
+            raw += handle.read(segment.end - segment.begin)
+    return _decode(bytes(raw), tensor.dtype).reshape(tensor.shape)
+
+
+def _decode(raw: bytes, dtype: str) -> Any:
+    import numpy as np
+
+    if dtype == "F32":
+        return np.frombuffer(raw, np.float32)
+    if dtype == "F16":
+        return np.frombuffer(raw, np.float16).astype(np.float32)
+    if dtype == "BF16":
+        return (np.frombuffer(raw, np.uint16).astype(np.uint32) << 16).view(np.float32)
+    if dtype in ("F8_E4M3", "F8_E5M2"):
+        return _fp8_table(dtype)[np.frombuffer(raw, np.uint8)]
+    raise LayoutError(f"cannot write a {dtype} tensor as GGUF (float tensors only)")
+
+
+def _fp8_table(dtype: str) -> Any:
+    """float32 value of each of the 256 fp8 codes (E4M3 'fn': no infinities, 0x7f/0xff NaN)."""
+    import numpy as np
+
+    exponent_bits, bias = (4, 7) if dtype == "F8_E4M3" else (5, 15)
+    mantissa_bits = 7 - exponent_bits
+    codes = np.arange(256)
+    sign = np.where(codes & 0x80, -1.0, 1.0)
+    exponent = (codes >> mantissa_bits) & ((1 << exponent_bits) - 1)
+    mantissa = codes & ((1 << mantissa_bits) - 1)
+    normal = (1 + mantissa / (1 << mantissa_bits)) * np.exp2(exponent.astype(float) - bias)
+    subnormal = mantissa / (1 << mantissa_bits) * 2.0 ** (1 - bias)
+    values = sign * np.where(exponent == 0, subnormal, normal)
+    top = (1 << exponent_bits) - 1
+    if dtype == "F8_E4M3":
+        values[(exponent == top) & (mantissa == (1 << mantissa_bits) - 1)] = np.nan
+    else:
+        values[(exponent == top) & (mantissa == 0)] = sign[(exponent == top) & (mantissa == 0)] * np.inf
+        values[(exponent == top) & (mantissa != 0)] = np.nan
+    return values.astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# Reading, renaming and dropping without dequantizing
+
+
+def read_gguf(path: Path) -> GGUFFile:
+    """The header of a GGUF file: its architecture, tensors as byte ranges, its key-value fields."""
+    import gguf
+
+    path = Path(path)
+    try:
+        reader = gguf.GGUFReader(path)
+    except (OSError, ValueError) as error:
+        raise LayoutError(f"{path}: not a readable GGUF file: {error}") from None
+    fields = {name: _field_value(field) for name, field in reader.fields.items() if not name.startswith("GGUF.")}
+    arch = fields.get("general.architecture")
+    known = tuple(KEEP)
+    if arch not in known:
+        raise LayoutError(f"{path}: a GGUF of architecture {arch!r}; hpspec knows {', '.join(known)}")
+    tensors = {}
+    for t in reader.tensors:
+        shape = tuple(int(d) for d in reversed(t.shape.tolist()))
+        tensors[t.name] = GGUFTensor(t.name, t.tensor_type.name.lower(), shape, int(t.data_offset), int(t.data_offset) + int(t.n_bytes))
+    return GGUFFile(path, str(arch), tensors, fields)
+
+
+def _field_value(field: Any) -> Any:
+    try:
+        return field.contents()
+    except (ValueError, TypeError, IndexError):  # a field this gguf version cannot render: None
+        return None
+
+
+def rewrite_gguf(
+    source: Path, out: Path, rename: Callable[[str], str | None], force: bool = False, strings: Mapping[str, str] | None = None
+) -> Path:
+    """A copy of a GGUF with tensors renamed (None: dropped), quantized bytes copied as they are;
+    `strings` replace (or add) string fields."""
+    import gguf
+
+    found = read_gguf(source)
+    reader = gguf.GGUFReader(source)
+    kept = [(rename(t.name), t) for t in reader.tensors]
+    with atomic_file(out, force) as tmp:
+        writer = gguf.GGUFWriter(path=None, arch=found.arch)
+        _copy_fields(reader, writer, set(strings or ()))
+        for key, value in (strings or {}).items():
+            writer.add_string(key, value)
+        for name, t in kept:
+            if name is not None:
+                writer.add_tensor_info(name, tuple(found.tensors[t.name].shape), _np_float32(), int(t.n_bytes), raw_dtype=t.tensor_type)
+        writer.write_header_to_file(path=tmp)
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        for name, t in kept:
+            if name is not None:
+                writer.write_tensor_data(t.data)
+        writer.close()
+    return Path(out)
+
+
+def _copy_fields(reader: Any, writer: Any, replaced: set[str]) -> None:
+    """Every key-value field but the file's own (GGUF.*), the architecture the writer sets, and `replaced`."""
+    for name, field in reader.fields.items():
+        if name.startswith("GGUF.") or name == "general.architecture" or name in replaced:
+            continue
+        kind = field.types[0]
+        sub = field.types[-1] if len(field.types) > 1 else None
+        writer.add_key_value(name, field.contents(), kind, sub_type=sub)
+
+
+def drop_blocks(source: Path, out: Path, drops: Mapping[str, Collection[int]], force: bool = False) -> Path:
+    """Whole blocks dropped from a GGUF (quantized or not) and the rest renumbered contiguously.
+
+    `drops[count]` are block numbers as the file has them, per stack (`num_layers`: FLUX's double or
+    SD3's joint blocks; `num_single_layers`). SD3's last block cannot go here: the new last block
+    would need the last-block conversion of its rows.
+    """
+    found = read_gguf(source)
+    rule = key_map_of_family(found.arch)
+    counts = block_indices(rule, list(found.tensors))
+    for key, numbers in drops.items():
+        unknown = sorted(set(numbers) - set(counts.get(key, ())))
+        if unknown:
+            raise LayoutError(f"{source}: no {key} block {unknown[0]} to drop; the file has {list(counts.get(key, ()))}")
+    layers = counts.get("num_layers", ())
+    if found.arch == "sd3" and layers and layers[-1] in drops.get("num_layers", ()):
+        raise LayoutError(f"{source}: dropping SD3's last block {layers[-1]} needs the last-block conversion; not done on a GGUF")
+    kept = {key: [n for n in found_numbers if n not in set(drops.get(key, ()))] for key, found_numbers in counts.items()}
+    strings = {}
+    config = found.fields.get(METADATA_CONFIG)
+    if isinstance(config, str):
+        strings[METADATA_CONFIG] = _config_json(_dropped_config(json.loads(config), kept))
+    return rewrite_gguf(source, out, lambda name: renumber(rule, name, kept), force, strings)
+
+
+def _dropped_config(config: dict[str, Any], kept: Mapping[str, Sequence[int]]) -> dict[str, Any]:
+    """The block counts, and SD3.5 Medium's dual-attention indices, after a drop."""
+    out = {**config, **{key: len(numbers) for key, numbers in kept.items()}}
+    if config.get("dual_attention_layers") is not None:
+        layers = list(kept.get("num_layers", ()))
+        out["dual_attention_layers"] = [layers.index(i) for i in config["dual_attention_layers"] if i in layers]
+    return out

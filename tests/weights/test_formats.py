@@ -1,0 +1,217 @@
+"""Single-file layouts and GGUF with real tensors: hpspec's byte-range conversions against
+diffusers' own converters and loaders, bit for bit; GGUF within each type's error."""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from hpspec.core.errors import HpspecError, LayoutError
+from hpspec.model.formats import detect_file
+from hpspec.weights.formats.convert import convert
+from hpspec.weights.formats.gguf import (
+    convert_to_gguf,
+    drop_blocks,
+    parse_type,
+    read_gguf,
+)
+from tests.tiny_models import build, forward, inputs, isolated, same_tensors, save
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _isolated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    with isolated(tmp_path_factory.mktemp("cache")):
+        yield
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """The diffusers folder of a tiny model of a kind (sd3, sd35m, flux), saved once."""
+    root = tmp_path_factory.mktemp("models")
+    done: dict[str, Path] = {}
+
+    def get(kind: str) -> Path:
+        if kind not in done:
+            done[kind] = save(build(kind), root / kind, shard_bytes=200_000 if kind == "sd35m" else None)
+        return done[kind]
+
+    return get
+
+
+def flux_converter() -> Callable[..., dict[str, torch.Tensor]]:
+    """diffusers' FLUX converter with its one hard-coded constant (inner_dim = 3072, FLUX.1's width)
+    read from the checkpoint instead: the same code, so a tiny FLUX converts."""
+    from diffusers.loaders import single_file_utils
+
+    source = inspect.getsource(single_file_utils.convert_flux_transformer_checkpoint_to_diffusers)
+    assert source.count("inner_dim = 3072") == 1
+    source = source.replace("inner_dim = 3072", 'inner_dim = checkpoint["img_in.weight"].shape[0]')
+    namespace = dict(vars(single_file_utils))
+    exec(source, namespace)  # noqa: S102 - diffusers' own source, one constant changed
+    return namespace["convert_flux_transformer_checkpoint_to_diffusers"]  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def flux_loadable(monkeypatch: pytest.MonkeyPatch) -> Callable[..., dict[str, torch.Tensor]]:
+    """`from_single_file` of a tiny FLUX, through `flux_converter`."""
+    from diffusers.loaders import single_file_model
+
+    converter = flux_converter()
+    monkeypatch.setitem(single_file_model.SINGLE_FILE_LOADABLE_CLASSES["FluxTransformer2DModel"], "checkpoint_mapping_fn", converter)
+    return converter
+
+
+def diffusers_converter(kind: str) -> Callable[..., dict[str, torch.Tensor]]:
+    from diffusers.loaders import single_file_utils
+
+    return flux_converter() if kind == "flux" else single_file_utils.convert_sd3_transformer_checkpoint_to_diffusers
+
+
+def model_class(kind: str) -> Any:
+    from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
+
+    return FluxTransformer2DModel if kind == "flux" else SD3Transformer2DModel
+
+
+@pytest.mark.parametrize(("kind", "layout"), [("sd3", "sai"), ("sd35m", "sai"), ("sd35m", "comfyui"), ("flux", "bfl"), ("flux", "comfyui")])
+def test_original_layout_matches_diffusers_converter_and_loader(
+    tmp_path: Path, saved: Callable[[str], Path], flux_loadable: Any, kind: str, layout: str
+) -> None:
+    reference = build(kind).state_dict()
+    single = tmp_path / f"{kind}.safetensors"
+    written = convert(saved(kind), single, layout)
+    assert written.layout == layout and detect_file(single).layout_name == layout
+    assert same_tensors(diffusers_converter(kind)(load_file(single)), reference)  # diffusers reads hpspec's file
+    hints = json.loads((saved(kind) / "config.json").read_text())  # head width: plain SD3 has no qk-norm to read it from
+    back = convert(single, tmp_path / "back", "diffusers", hints=hints)  # and hpspec reads it back
+    assert same_tensors(load_file(tmp_path / "back" / "diffusion_pytorch_model.safetensors"), reference)
+    assert {k: v for k, v in back.config.items() if v is not None} == {k: hints[k] for k in back.config if hints.get(k) is not None}
+    loaded = model_class(kind).from_single_file(str(single), config=str(saved(kind)), torch_dtype=torch.float32)
+    assert same_tensors(loaded.state_dict(), reference)
+
+
+def test_fp8_bytes_are_carried_as_they_are(tmp_path: Path, saved: Callable[[str], Path]) -> None:
+    reference = build("flux").state_dict()
+    fp8 = {n: t.to(torch.float8_e4m3fn if "single" in n else torch.float8_e5m2) if t.ndim == 2 else t for n, t in reference.items()}
+    folder = tmp_path / "fp8"
+    folder.mkdir()
+    save_file(fp8, folder / "diffusion_pytorch_model.safetensors")
+    (folder / "config.json").write_text((saved("flux") / "config.json").read_text())
+    written = convert(folder, tmp_path / "fp8_bfl.safetensors", "bfl")
+    assert {"F8_E4M3", "F8_E5M2"} <= set(written.dtypes)
+    back = convert(tmp_path / "fp8_bfl.safetensors", tmp_path / "fp8_back", "diffusers")
+    again = load_file(back.out / "diffusion_pytorch_model.safetensors")
+    assert all(again[n].dtype == t.dtype and torch.equal(again[n].view(torch.uint8), t.view(torch.uint8)) for n, t in fp8.items())
+    gguf_file = convert_to_gguf(tmp_path / "fp8_bfl.safetensors", tmp_path / "fp8.gguf", "f32")
+    dequantized = _dequantized(gguf_file)
+    assert torch.equal(dequantized["double_blocks.0.img_mlp.0.weight"], fp8["transformer_blocks.0.ff.net.0.proj.weight"].float())
+
+
+def test_a_file_with_a_gap_in_its_blocks_is_renumbered(tmp_path: Path, saved: Callable[[str], Path]) -> None:
+    convert(saved("flux"), tmp_path / "full.safetensors", "bfl")
+    kept = {n: t for n, t in load_file(tmp_path / "full.safetensors").items() if not n.startswith("double_blocks.1.")}
+    save_file(kept, tmp_path / "gap.safetensors")
+    back = convert(tmp_path / "gap.safetensors", tmp_path / "gap", "diffusers")
+    assert back.config["num_layers"] == 2
+    tensors = load_file(back.out / "diffusion_pytorch_model.safetensors")
+    reference = build("flux").state_dict()
+    assert torch.equal(tensors["transformer_blocks.1.attn.to_k.weight"], reference["transformer_blocks.2.attn.to_k.weight"])
+
+
+def test_an_all_in_one_file_converts_its_transformer_and_lists_the_rest(tmp_path: Path, saved: Callable[[str], Path]) -> None:
+    convert(saved("sd3"), tmp_path / "comfy.safetensors", "comfyui")
+    tensors = load_file(tmp_path / "comfy.safetensors")
+    tensors["text_encoders.clip_g.transformer.text_model.final_layer_norm.weight"] = torch.ones(4)
+    tensors["first_stage_model.decoder.conv_out.bias"] = torch.ones(3)
+    save_file(tensors, tmp_path / "all.safetensors")
+    back = convert(tmp_path / "all.safetensors", tmp_path / "out", "diffusers")
+    assert back.ignored == {"VAE (first_stage_model.*)": 1, "text encoders (text_encoders.*)": 1}
+    assert same_tensors(load_file(back.out / "diffusion_pytorch_model.safetensors"), build("sd3").state_dict())
+
+
+def test_outputs_are_atomic_and_never_overwritten_unasked(tmp_path: Path, saved: Callable[[str], Path]) -> None:
+    out = tmp_path / "x.safetensors"
+    out.write_text("old")
+    with pytest.raises(HpspecError, match="already exists"):
+        convert(saved("sd3"), out, "sai")
+    assert out.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["x.safetensors"]
+    with pytest.raises(LayoutError, match="cannot be written in the 'bfl' layout; it can be: diffusers, sai, comfyui"):
+        convert(saved("sd3"), tmp_path / "y.safetensors", "bfl")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.safetensors"]
+
+
+def _dequantized(path: Path) -> dict[str, torch.Tensor]:
+    import gguf
+    import numpy as np
+
+    reader = gguf.GGUFReader(path)
+    return {t.name: torch.from_numpy(np.array(gguf.quants.dequantize(t.data, t.tensor_type))) for t in reader.tensors}
+
+
+TOLERANCE = {"f16": 1e-3, "q8_0": 1e-2, "q4_0": 0.2}  # max |error| / max |weight|, per tensor
+
+
+@pytest.mark.parametrize("kind", ["f16", "q8_0", "Q4_0"])
+def test_gguf_reads_back_within_its_type_error_and_loads_in_diffusers(
+    tmp_path: Path, saved: Callable[[str], Path], flux_loadable: Any, kind: str
+) -> None:  # flux_loadable: diffusers' GGUF loader runs its FLUX converter too
+    from diffusers import FluxTransformer2DModel, GGUFQuantizationConfig
+
+    wanted = parse_type(kind)
+    path = convert_to_gguf(saved("flux"), tmp_path / f"flux-{wanted}.gguf", kind)
+    found = read_gguf(path)
+    assert found.arch == "flux" and found.tensors["double_blocks.0.img_attn.qkv.weight"].type == wanted
+    assert found.tensors["time_in.in_layer.weight"].type == "f16" and found.tensors["img_in.bias"].type == "f32"  # as city96 keeps them
+    reference = load_file(convert(saved("flux"), tmp_path / "flux.safetensors", "bfl").out)  # the same names
+    back = _dequantized(path)
+    assert back.keys() == reference.keys()
+    for name, tensor in reference.items():
+        written = found.tensors[name].type
+        if written in ("f32", "f16"):  # exact after the cast
+            assert torch.equal(back[name], tensor if written == "f32" else tensor.half().float()), name
+        else:
+            assert float((back[name] - tensor).abs().max()) <= TOLERANCE[written] * float(tensor.abs().max()), name
+    quantized = FluxTransformer2DModel.from_single_file(
+        str(path), quantization_config=GGUFQuantizationConfig(compute_dtype=torch.float32), config=str(saved("flux"))
+    )
+    feed = inputs("flux")
+    expected = forward(build("flux"), feed)
+    error = float((forward(quantized, feed) - expected).norm() / expected.norm())
+    assert error <= {"f16": 1e-3, "q8_0": 1e-2, "q4_0": 0.1}[wanted]
+
+
+def test_gguf_blocks_drop_without_dequantizing(tmp_path: Path, saved: Callable[[str], Path]) -> None:
+    path = convert_to_gguf(saved("flux"), tmp_path / "flux-q8_0.gguf", "q8_0")
+    out = drop_blocks(path, tmp_path / "dropped.gguf", {"num_single_layers": [1]})
+    before, after = read_gguf(path), read_gguf(out)
+    assert "single_blocks.3.linear1.weight" not in after.tensors and after.tensors["single_blocks.2.linear1.weight"].type == "q8_0"
+    with path.open("rb") as a, out.open("rb") as b:
+        for old, new in [("single_blocks.2.linear1.weight", "single_blocks.1.linear1.weight"), ("double_blocks.0.img_attn.qkv.weight",) * 2]:
+            x, y = before.tensors[old], after.tensors[new]
+            a.seek(x.begin)
+            b.seek(y.begin)
+            assert a.read(x.end - x.begin) == b.read(y.end - y.begin)
+    assert '"num_single_layers": 3' in str(after.fields["hpspec.config"])
+
+
+def test_gguf_bad_types_and_architectures_are_one_line(tmp_path: Path) -> None:
+    with pytest.raises(LayoutError, match="GGUF type 'Q4_K' cannot be written \\(the gguf package can read K-quants but not write them\\)"):
+        parse_type("Q4_K")
+    import gguf
+
+    writer = gguf.GGUFWriter(path=None, arch="llama")
+    writer.write_header_to_file(path=tmp_path / "llama.gguf")
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    writer.close()
+    with pytest.raises(LayoutError, match="a GGUF of architecture 'llama'; hpspec knows flux, sd3"):
+        read_gguf(tmp_path / "llama.gguf")
