@@ -22,7 +22,7 @@ from hpspec.plan.check import check
 from hpspec.model.flops import tokens_for
 from hpspec.model.graph import graph_from_module
 from hpspec.lang.parse import parse
-from hpspec.plan.plan import compile_plan
+from hpspec.plan.compile import compile_plan
 
 CONFIG = dict(
     sample_size=32, patch_size=2, in_channels=16, num_layers=8, attention_head_dim=64, num_attention_heads=24,
