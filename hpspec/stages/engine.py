@@ -66,6 +66,9 @@ class QuantizeOptions:
     """What the command line adds to the quantize stage: nothing, the plan says it all."""
 
 
+OwnOptions = PruneOptions | DistillOptions | QuantizeOptions  # one stage's group
+
+
 @dataclass(frozen=True)
 class StageOptions:
     """The command-line inputs of a run: one group per stage (named as the stage), and the report."""
@@ -75,9 +78,10 @@ class StageOptions:
     quantize: QuantizeOptions = QuantizeOptions()
     report: ReportWriter | None = None  # None: no report.html (--no-report, or the Python API)
 
-    def of(self, step: Stage) -> Any:
+    def of(self, step: Stage) -> OwnOptions:
         """The options of one stage: `StageOptions().of(PRUNE) == PruneOptions()`."""
-        return getattr(self, step.name)
+        own: OwnOptions = getattr(self, step.name)
+        return own
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from hpspec.plan.plan import Plan
 from hpspec.plan.schema import load_plan_file
 from hpspec.plan.summary import diagnostics_text
 from hpspec.stages.distill import DISTILL
-from hpspec.stages.engine import Stage, StageInput, StageOptions, StageResult, run_stage
+from hpspec.stages.engine import OwnOptions, Stage, StageInput, StageOptions, StageResult, run_stage
 from hpspec.stages.prune import PRUNE
 from hpspec.stages.quantize import QUANTIZE
 from hpspec.weights.checkpoint.source import open_source
@@ -100,7 +100,7 @@ def compile_model(
     return CompileResult(tuple(results), None)
 
 
-def _cannot_run(step: Stage, source: Path, command: str, own: Any) -> str | None:
+def _cannot_run(step: Stage, source: Path, command: str, own: OwnOptions) -> str | None:
     """Why `step` cannot run now (not implemented, a required option missing), or None."""
     if step.prepare is None:
         return (
@@ -114,7 +114,7 @@ def _cannot_run(step: Stage, source: Path, command: str, own: Any) -> str | None
     return None
 
 
-def _continue_command(plan: Plan, model: str, out: Path, target: str | None, own: Any, requires: tuple[str, ...]) -> str:
+def _continue_command(plan: Plan, model: str, out: Path, target: str | None, own: OwnOptions, requires: tuple[str, ...]) -> str:
     """The same compile again: finished stages are not redone, so it picks up where this one stopped."""
     flags = f" --target {target}" if target is not None else ""
     flags += "".join(f" --{name} {getattr(own, name) or name.upper()}" for name in requires)

@@ -41,15 +41,16 @@ DEFAULT_CHECKPOINT_EVERY = 500
 
 @dataclass
 class Job:
-    """Everything one run needs; built by `prepare` (every check) before anything is written."""
+    """Everything one run needs; built by the stage's `prepare_distill` (every check) before
+    anything is written."""
 
     plan: Plan
     distill: DistillPlan
     student: "nn.Module"
     teacher: "nn.Module"
     family: Family
-    data: "DistillData"
-    guide: "Guidance"
+    data: DistillData
+    guide: Guidance
     pairs: list[tuple[str, str]]
     run_key: str
     teacher_dir: Path
@@ -62,6 +63,8 @@ class Job:
 
 @dataclass
 class Outcome:
+    """What a run did: steps, where it resumed, speed, the loss curve, where it ran."""
+
     steps_run: int
     resumed_from: int
     seconds_per_step: float | None
