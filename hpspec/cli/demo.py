@@ -31,11 +31,10 @@ from hpspec.method.sensitivity import load_table, settings_hash
 from hpspec.plan.schema import load_plan_file
 from hpspec.plan.summary import human_bytes, table
 from hpspec.report.compare import Comparison, ImageColumn, write_comparison
-from hpspec.report.html import write_report
+from hpspec.report.html import write_stage_report
 from hpspec.report.images import encode_images
-from hpspec.report.inputs import stage_dir_inputs
 from hpspec.stages.distill import distill_demo
-from hpspec.stages.engine import resolve_model
+from hpspec.stages.engine import StageOptions, resolve_model
 from hpspec.stages.pipeline import compile_model, load_stage_plan
 from hpspec.stages.quantize import quantize_dir
 
@@ -207,7 +206,7 @@ def missing_backend(scheme: str) -> str | None:
 
 def _stage_report(directory: Path, table: Path) -> None:
     """A stage directory the demo wrote outside `compile` gets the report `compile` gives its own."""
-    write_report(directory / REPORT_NAME, stage_dir_inputs(directory, table))
+    write_stage_report(directory, load_plan_file(directory / PLAN_NAME), str(table))
 
 
 def _table_matches(path: Path, settings: Settings) -> bool:
@@ -232,7 +231,7 @@ def _compile(spec: Path, out: Path, force: bool) -> Path:
     model = resolve_model("demo")
     plan, _ = load_stage_plan(str(spec), model)
     write_text_atomic(out.with_suffix(".plan.json"), plan.to_json())
-    result = compile_model(plan, model, out, force=force, progress=False, model_label="demo")
+    result = compile_model(plan, model, out, force=force, options=StageOptions(report=write_stage_report), progress=False, model_label="demo")
     return result.results[0].out  # the prune stage's directory
 
 

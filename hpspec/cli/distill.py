@@ -15,7 +15,8 @@ from pathlib import Path
 from hpspec.core.errors import DistillStopped
 from hpspec.plan.schema import load_plan_file
 from hpspec.stages.distill import run_distill
-from hpspec.stages.engine import StageInput
+from hpspec.report.html import write_stage_report
+from hpspec.stages.engine import DistillOptions, StageInput, StageOptions
 from hpspec.stages.pipeline import CompileResult, report
 
 from hpspec.core.paths import PLAN_NAME
@@ -49,14 +50,9 @@ def _positive(text: str) -> int:
 def cmd_distill(args: argparse.Namespace) -> int:
     stage_dir = Path(args.stage)
     plan = load_plan_file(stage_dir / PLAN_NAME)
-    options = {
-        "teacher": args.teacher,
-        "data": args.data,
-        "sensitivity": args.sensitivity,
-        "report": args.report,
-        "stop_after": args.stop_after,
-        "checkpoint_every": args.checkpoint_every,
-    }
+    distill = DistillOptions(data=args.data, teacher=args.teacher, sensitivity=args.sensitivity, stop_after=args.stop_after,
+                             checkpoint_every=args.checkpoint_every)  # fmt: skip
+    options = StageOptions(distill=distill, report=write_stage_report if args.report else None)
     try:
         result = run_distill(StageInput(plan, stage_dir, options, args.progress), Path(args.out), force=args.force)
     except DistillStopped as stopped:  # asked for: not an error, but not finished either

@@ -9,7 +9,8 @@ from pathlib import Path
 from hpspec.core.errors import HpspecError
 from hpspec.core.paths import PLAN_NAME
 from hpspec.plan.schema import load_plan_file
-from hpspec.stages.engine import StageInput, run_stage
+from hpspec.report.html import write_stage_report
+from hpspec.stages.engine import StageInput, StageOptions, run_stage
 from hpspec.stages.pipeline import CompileResult, load_stage_plan, report, stage
 
 
@@ -27,7 +28,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     model = Path(args.model)
     plan, warnings = load_stage_plan(args.plan, model, args.target or _unpruned_target(model))
     sys.stderr.write(warnings)
-    result = run_stage(stage("quantize"), StageInput(plan, model), Path(args.out), force=args.force)
+    result = run_stage(stage("quantize"), StageInput(plan, model, StageOptions(report=write_stage_report)), Path(args.out), force=args.force)
     report(CompileResult((result,), None))
     return 0
 

@@ -9,7 +9,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from hpspec.stages.engine import StageInput, resolve_model, run_stage
+from hpspec.report.html import write_stage_report
+from hpspec.stages.engine import DistillOptions, PruneOptions, StageInput, StageOptions, resolve_model, run_stage
 from hpspec.stages.pipeline import CompileResult, compile_model, load_stage_plan, report, stage
 
 MODEL_HELP = "a diffusers transformer directory, a pipeline root, a Hugging Face cache snapshot, or `demo`"
@@ -44,9 +45,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
     model = resolve_model(args.model)
     plan, warnings = load_stage_plan(args.spec, model, args.target)
     sys.stderr.write(warnings)
-    options = {"target": args.target, "report": args.report, "verify": args.verify, "data": args.data,
-               "teacher": args.teacher or args.model, "sensitivity": args.sensitivity}  # fmt: skip
-    result = compile_model(plan, model, Path(args.out), force=args.force, options=options, model_label=args.model)
+    distill = DistillOptions(data=args.data, teacher=args.teacher or args.model, sensitivity=args.sensitivity)
+    options = StageOptions(PruneOptions(verify=args.verify), distill, report=write_stage_report if args.report else None)
+    result = compile_model(plan, model, Path(args.out), force=args.force, options=options, model_label=args.model, target=args.target)
     report(result)
     return 0
 
@@ -55,6 +56,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     model = resolve_model(args.model)
     plan, warnings = load_stage_plan(args.plan, model, args.target)
     sys.stderr.write(warnings)
-    result = run_stage(stage("prune"), StageInput(plan, model, {"verify": args.verify}), Path(args.out), force=args.force)
+    options = StageOptions(PruneOptions(verify=args.verify), report=write_stage_report)
+    result = run_stage(stage("prune"), StageInput(plan, model, options), Path(args.out), force=args.force)
     report(CompileResult((result,), None))
     return 0

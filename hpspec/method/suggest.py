@@ -205,7 +205,7 @@ def _drops_text(choices: Sequence[Choice]) -> str:
 
 def render_spec(suggestion: Suggestion, target_line: str, command: str, table_note: str, extra: Sequence[str] = ()) -> str:
     lines = [
-        f"# Written by `hpspec suggest`: review it, then compile it.",
+        "# Written by `hpspec suggest`: review it, then compile it.",
         f"# {command}",
         f"# method {suggestion.method}; {table_note}",
         f"# parameters kept: {suggestion.kept_fraction:.4f} (budget {suggestion.keep})",

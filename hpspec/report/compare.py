@@ -66,10 +66,12 @@ def comparison_page(comparison: Comparison) -> dict[str, Any]:
     targets = {plan.target.fingerprint for _, plan in comparison.plans}
     if len(targets) != 1:
         raise ReportError("a comparison draws plans of one model: these plans have different targets")
-    first = comparison.plans[0][1]
+    name, first = comparison.plans[0]
     layouts, _ = stack_layouts(first)
     groups, legend = _block_maps(comparison.plans)
     sensitivity = sensitivity_section(comparison.sensitivity, first, layouts, Fates.of(first, None))
+    if sensitivity is not None:  # "this plan" of the plan report's heatmap is the first one here
+        sensitivity = {**sensitivity, "block_note": f"{sensitivity['block_note']}. Crossed cells: dropped by {name}."}
     return {
         "title": comparison.title,
         "subtitle": comparison.subtitle,

@@ -17,6 +17,7 @@ from typing import Any, Mapping, Sequence
 
 from hpspec.core.errors import ReportError, SensitivityError
 from hpspec.core.io import write_text_atomic
+from hpspec.core.paths import REPORT_NAME
 from hpspec.core.version import __version__
 from hpspec.method.sensitivity import SensitivityTable
 from hpspec.plan.diff import detail_sections, diff_plans, headline, table_rows
@@ -24,7 +25,7 @@ from hpspec.plan.plan import Op, Plan
 from hpspec.plan.summary import human_bytes, human_count
 from hpspec.report.blockmap import Fates, StackLayout, block_map, column_pitch, heatmap, part_label, reason_text, stack_layouts
 from hpspec.report.images import checked_grid
-from hpspec.report.inputs import ReportInputs, check_evaluation, is_number
+from hpspec.report.inputs import ReportInputs, check_evaluation, is_number, stage_inputs
 from hpspec.report.svg import Bar, bars_svg, heatmap_svg, legend_svg
 
 
@@ -40,6 +41,12 @@ def render_report(inputs: ReportInputs) -> str:
 def write_report(path: str | Path, inputs: ReportInputs) -> None:
     """Render and write atomically (the compile stages call this for their report.html)."""
     write_text_atomic(Path(path), render_report(inputs))
+
+
+def write_stage_report(directory: Path, plan: Plan, sensitivity: str | None = None) -> None:
+    """A stage directory's report.html: its plan, with the sensitivity table the stage used and the
+    SGDistill scales a distill stage wrote beside it (the stages' `ReportWriter`)."""
+    write_report(Path(directory) / REPORT_NAME, stage_inputs(directory, plan, sensitivity))
 
 
 def environment() -> Any:

@@ -14,11 +14,11 @@ from typing import Any, Mapping, Sequence
 
 from hpspec.core.errors import ReportError
 from hpspec.core.io import read_json_input, read_text_input
-from hpspec.core.paths import PLAN_NAME, SCALES_NAME
+from hpspec.core.paths import SCALES_NAME
 from hpspec.method.sensitivity import SensitivityTable, load_table
 from hpspec.plan.front import plan_spec
 from hpspec.plan.plan import Plan
-from hpspec.plan.schema import load_plan, load_plan_file
+from hpspec.plan.schema import load_plan
 from hpspec.report.images import checked_grid
 
 
@@ -96,7 +96,3 @@ def stage_inputs(directory: Path, plan: Plan, sensitivity: str | Path | None = N
     scales = json.loads(scales_file.read_text()) if scales_file.is_file() else None
     return ReportInputs(plan, sensitivity=load_table(Path(sensitivity)) if sensitivity else None, scales=scales)
 
-
-def stage_dir_inputs(directory: Path, sensitivity: str | Path | None = None) -> ReportInputs:
-    """`stage_inputs` for a finished stage directory, whose plan.json is its plan."""
-    return stage_inputs(directory, load_plan_file(Path(directory) / PLAN_NAME), sensitivity)

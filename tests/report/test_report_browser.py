@@ -19,17 +19,15 @@ from typing import Any, Iterator
 import pytest
 
 from hpspec.cli.app import main
-from hpspec.model.graph import resolve_target
+from hpspec.model.targets import resolve_target
 from hpspec.report.images import image_grid_payload
 
-from tests.conftest import REPO
 
 CHROMIUM_FLAGS = (
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
 )  # fmt: skip
 HOSTILE = "<script>alert(1)</script>"
-FALLBACK_SPEC = REPO / "specs/sd3.5-large-turbo/aggressive.hps"
 
 
 def _browser_or_skip() -> tuple[str, str]:
@@ -61,18 +59,9 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         session.quit()
 
 
-def _demo_available() -> bool:
-    try:
-        from hpspec.demo import transformer_dir
-    except ImportError:
-        return False
-    return (transformer_dir() / "config.json").is_file()
-
-
-def _demo_spec(tmp_path: Path) -> tuple[Path, str]:
-    """A spec in the paper's spirit on the demo (late blocks cut, a few parts), or the SD3.5 fallback."""
-    if not _demo_available():
-        return FALLBACK_SPEC, "sd3.5-large-turbo"
+def _demo_spec(tmp_path: Path) -> Path:
+    """A spec in the paper's spirit on the demo (late blocks cut, a few parts). The demo ships
+    inside the package: without it this fails, it does not test another spec instead."""
     count = len(resolve_target("demo").stacks[0].blocks)
     text = (
         f"# The demo, compressed as the paper does it. {HOSTILE}\n"
@@ -84,7 +73,7 @@ def _demo_spec(tmp_path: Path) -> tuple[Path, str]:
     )
     spec = tmp_path / "demo.hps"
     spec.write_text(text, encoding="utf-8")
-    return spec, "demo"
+    return spec
 
 
 def _digit(k: int, shift: float) -> list[list[list[float]]]:
@@ -119,7 +108,7 @@ def test_demo_report_in_a_real_browser(browser: Any, tmp_path: Path) -> None:
     from selenium.common.exceptions import NoAlertPresentException
     from selenium.webdriver.common.by import By
 
-    spec, target = _demo_spec(tmp_path)
+    spec = _demo_spec(tmp_path)
     report = tmp_path / "report.html"
     assert main(["report", str(spec), "--eval", str(_evaluation(tmp_path)), "-o", str(report)]) == 0
     url = report.as_uri()
@@ -129,14 +118,13 @@ def test_demo_report_in_a_real_browser(browser: Any, tmp_path: Path) -> None:
     assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
     assert _requests(browser.get_log("performance"), url) == []
     with pytest.raises(NoAlertPresentException):
-        browser.switch_to.alert  # noqa: B018: no script ran, so nothing alerted
+        browser.switch_to.alert  # noqa: B018 (no script ran, so nothing alerted)
     assert browser.execute_script("return document.scripts.length") == 0
 
-    expected = sum(len(stack.blocks) for stack in resolve_target(target).stacks)
+    expected = sum(len(stack.blocks) for stack in resolve_target("demo").stacks)
     assert len(browser.find_elements(By.CSS_SELECTOR, ".block[data-block]")) == expected
     assert HOSTILE in browser.find_element(By.ID, "evaluation").text
-    if target == "demo":
-        assert HOSTILE in browser.find_element(By.ID, "spec").text
+    assert HOSTILE in browser.find_element(By.ID, "spec").text
     loaded = browser.execute_script("return [...document.images].filter(i => i.complete && i.naturalWidth === 8).length")
     assert loaded == 12  # 3 prompts x 2 images, original and pruned, all decoded
 
