@@ -10,7 +10,7 @@ import pytest
 
 from hpspec.model.arch import builtin_models
 from hpspec.lang.fmt import format_source
-from hpspec.model.graph import resolve_target
+from hpspec.model.targets import resolve_target
 
 STATEMENT = re.compile(r"^# ((?:drop|preserve|distill|quantize) .*)$")
 
