@@ -12,8 +12,8 @@ from typing import Any
 from hpspec.core.paths import CARD_NAME
 from hpspec.stages.cards import pruned_card
 from hpspec.stages.engine import Stage, StageInput, Writer
-from hpspec.weights.checkpoint.layout import check_fingerprint, pruned_layout
-from hpspec.weights.checkpoint.source import open_source
+from hpspec.weights.checkpoint.layout import pruned_layout
+from hpspec.weights.checkpoint.source import check_fingerprint, open_source
 from hpspec.weights.checkpoint.writer import write_pruned
 from hpspec.weights.verify import verify_finite
 

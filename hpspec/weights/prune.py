@@ -11,7 +11,8 @@ from torch import nn
 
 from hpspec.model.graph import graph_from_module
 from hpspec.plan.plan import Plan
-from hpspec.weights.checkpoint.layout import check_fingerprint, dropped_part_modules
+from hpspec.weights.checkpoint.layout import dropped_part_modules
+from hpspec.weights.checkpoint.source import check_fingerprint
 from hpspec.weights.surgery import convert_to_context_pre_only, finish_pruned, parent_of, replace_part
 
 

@@ -11,7 +11,6 @@ from hpspec.weights.checkpoint.layout import (
     OutTensor,
     Segment,
     buffer_names,
-    check_fingerprint,
     converted_modules,
     dropped_part_modules,
     pruned_layout,
@@ -20,7 +19,9 @@ from hpspec.weights.checkpoint.layout import (
     shard_names,
     under,
 )
-from hpspec.weights.checkpoint.source import Source, hash_cache_dir, open_source, refuse_foreign_layout, sha256_file, source_sha256
+from hpspec.weights.checkpoint.source import (
+    Source, check_fingerprint, hash_cache_dir, open_source, refuse_foreign_layout, sha256_file, source_sha256,
+)
 from hpspec.weights.checkpoint.writer import Written, write_pruned
 
 __all__ = [

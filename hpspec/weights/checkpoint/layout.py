@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from hpspec.core.errors import CheckpointError, PlanError
+from hpspec.core.errors import CheckpointError
 from hpspec.core.paths import WEIGHTS_NAME
 from hpspec.model.arch import LastBlockRule, architecture
 from hpspec.model.conversion import split_trimmed
@@ -60,20 +60,6 @@ def _conversion_modules(plan: Plan) -> list[str]:
 
 def under(name: str, modules: Iterable[str]) -> bool:
     return any(name == m or name.startswith(m + ".") for m in modules)
-
-
-def check_fingerprint(plan: Plan, graph: ModelGraph, where: str) -> None:
-    """The plan was compiled for this model's structure, or a PlanError naming both."""
-    if plan.target.fingerprint != graph.fingerprint:
-        raise PlanError(
-            f"{where}: is not the model the plan of {plan.spec.path} was compiled for: the plan's target "
-            f"`{plan.target.name}` is {plan.target.family} {plan.target.fingerprint}, this model is {graph.family} "
-            f"{graph.fingerprint} ({_shape_summary(graph)}); point the spec's `target` at this model, or pass --target"
-        )
-
-
-def _shape_summary(graph: ModelGraph) -> str:
-    return ", ".join(f"{len(stack)} {stack.name}" for stack in graph.stacks)
 
 
 # --------------------------------------------------------------------------------------------

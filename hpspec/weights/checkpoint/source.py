@@ -1,5 +1,6 @@
-"""source: a diffusers transformer checkpoint on disk, read and validated without torch, and the
-sha256 of its shards (remembered per file state in hpspec's cache).
+"""source: a diffusers transformer checkpoint on disk, read and validated without torch (and checked
+against a plan's fingerprint), and the sha256 of its shards (remembered per file state in hpspec's
+cache).
 
 Every input is validated before anything is written (headers, shards against their index, the
 config against the weights), and foreign single-file layouts, LoRA adapters and pickle files are
@@ -17,13 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from hpspec.core.errors import CheckpointError
+from hpspec.core.errors import CheckpointError, PlanError
 from hpspec.core.io import cache_dir, read_json_input, write_text_atomic
 from hpspec.core.paths import WEIGHTS_INDEX_SUFFIX
 from hpspec.model.arch import architecture
 from hpspec.model.graph import ModelGraph, family_of_config, graph_from_headers, tensors_from_config
 from hpspec.model.safetensors_header import Header, read_header
 from hpspec.model.targets import check_config_counts, find_transformer, read_config, require_regular
+from hpspec.plan.plan import Plan
 
 RACY_NS = 2_000_000_000  # a file changed this recently is hashed but its digest not remembered
 
@@ -161,6 +163,20 @@ def _check_config_matches_weights(config: Mapping[str, Any], config_path: Path, 
     missing = next((n for n in implied if n not in held and n not in buffers), None)
     if missing is not None:
         raise CheckpointError(f"{config_path}: does not match the weights: it implies {missing!r}, which no shard holds")
+
+
+def check_fingerprint(plan: Plan, graph: ModelGraph, where: str) -> None:
+    """The plan was compiled for this model's structure, or a PlanError naming both."""
+    if plan.target.fingerprint != graph.fingerprint:
+        raise PlanError(
+            f"{where}: is not the model the plan of {plan.spec.path} was compiled for: the plan's target "
+            f"`{plan.target.name}` is {plan.target.family} {plan.target.fingerprint}, this model is {graph.family} "
+            f"{graph.fingerprint} ({_shape_summary(graph)}); point the spec's `target` at this model, or pass --target"
+        )
+
+
+def _shape_summary(graph: ModelGraph) -> str:
+    return ", ".join(f"{len(stack)} {stack.name}" for stack in graph.stacks)
 
 
 # --------------------------------------------------------------------------------------------

@@ -23,8 +23,8 @@ from hpspec.core.paths import CONFIG_NAME, PLAN_NAME, WEIGHTS_INDEX_SUFFIX, WEIG
 from hpspec.core.version import __version__
 from hpspec.model.safetensors_header import read_header
 from hpspec.plan.plan import Plan
-from hpspec.weights.checkpoint.layout import OutTensor, Segment, buffer_names, check_fingerprint, pruned_layout, shard_names
-from hpspec.weights.checkpoint.source import HashThread, Source
+from hpspec.weights.checkpoint.layout import OutTensor, Segment, buffer_names, pruned_layout, shard_names
+from hpspec.weights.checkpoint.source import HashThread, Source, check_fingerprint
 
 SHA256_PLACEHOLDER = "0" * 64  # same length as a digest: the header is patched in place once known
 COPY_CHUNK = 1 << 30
