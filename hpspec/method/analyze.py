@@ -82,7 +82,7 @@ def removals(graph: ModelGraph, parts: bool) -> list[Removal]:
 
 def remove(transformer: "nn.Module", graph: ModelGraph, removal: Removal) -> "nn.Module":
     """A copy of the transformer with one block or part removed, through spec -> plan -> apply."""
-    from hpspec.weights.prune import apply
+    from hpspec.weights.prune import apply  # torch
 
     checked = check(parse(removal.spec_line() + "\n", f"<analyze {removal.key}>"), graph)
     return apply(compile_plan(checked), copy.deepcopy(transformer))
@@ -248,6 +248,7 @@ def _mean_cosine(a: "torch.Tensor", b: "torch.Tensor") -> float:
 
 def demo_subject(model_dir: Path | None = None, steps: int | None = None, guidance: float | None = None) -> tuple[Subject, dict[str, Any]]:
     """The embedded demo (or a demo-shaped directory) with its digit scorer."""
+    # torch, diffusers and the text encoder: imported when a demo is loaded
     from hpspec.demo.model import load_demo_transformer
     from hpspec.demo.sampler import DEFAULT_GUIDANCE, DEFAULT_STEPS, DemoGenerator
     from hpspec.demo.scorer import DemoScorer

@@ -324,6 +324,7 @@ def evaluate_demo(
     ``load_transformer`` loads a directory into a module: plain ``from_pretrained`` by default;
     pass hpspec's pruned-checkpoint loader for checkpoints with parts removed.
     """
+    # torch and diffusers: imported when a demo model is evaluated
     from hpspec.demo.model import load_demo_transformer
     from hpspec.demo.sampler import DemoGenerator
     from hpspec.demo.scorer import DemoScorer
