@@ -55,11 +55,43 @@ def test_block_scores_equal_diffusers_skip_layers(subject, block_table) -> None:
     assert table.full_metrics == {m: full[m] for m in full["metrics"]}
 
 
-def test_cosines_are_recorded_per_block(block_table) -> None:
+def _cosines_by_hand(demo, prompts: list[str]) -> list[float]:
+    """Each block's input-output cosine on the image stream, measured here with our own hooks over
+    the same generation: per token over channels, averaged over tokens and images, then over calls
+    (docs/sensitivity.md, `cosine`)."""
+    blocks = demo.transformer.transformer_blocks
+    per_call: list[list[float]] = [[] for _ in blocks]
+
+    def hook(index: int):
+        def record(module, args, kwargs, output) -> None:
+            a, b = kwargs["hidden_states"].double(), output[1].double()  # blocks return (text, image)
+            per_call[index].append(float(((a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1))).mean()))
+
+        return record
+
+    handles = [block.register_forward_hook(hook(i), with_kwargs=True) for i, block in enumerate(blocks)]
+    try:
+        evaluate(demo.generator_for(demo.transformer), demo.scorer, prompts, [0])
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [sum(values) / len(values) for values in per_call]
+
+
+def test_cosines_are_recorded_per_block(subject, block_table) -> None:
+    """The table's cosines equal a direct computation; KOALA drops blocks in the order of ours."""
+    from hpspec.method.suggest import suggest
+    from hpspec.model.graph import graph_from_module
+
+    demo, _ = subject
     table, _ = block_table
-    assert [c.block for c in table.cosine] == list(range(12))
-    assert all(-1.0 <= c.value <= 1.0 for c in table.cosine)
-    assert len({round(c.value, 6) for c in table.cosine}) > 1  # blocks differ
+    ours = _cosines_by_hand(demo, PROMPTS)
+    assert [(c.stack, c.block) for c in table.cosine] == [("blocks", i) for i in range(12)]
+    assert [c.value for c in table.cosine] == pytest.approx(ours, abs=1e-5)
+    assert len({round(v, 3) for v in ours}) > 1  # blocks differ
+    koala = suggest("koala", graph_from_module(demo.transformer, "demo"), table, 0.8)
+    ranking = sorted(range(12), key=lambda i: -ours[i])
+    assert [c.block for c in koala.chosen] == ranking[: len(koala.chosen)] and koala.chosen
 
 
 def test_finished_entries_are_not_redone(subject, tmp_path: Path) -> None:

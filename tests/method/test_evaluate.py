@@ -43,24 +43,41 @@ def test_degradation_needs_a_shared_metric() -> None:
         degradation({"clip_score": 0.3}, {"quality": 0.5})
 
 
+class Clock:
+    """A fake `time.perf_counter` that only moves when told to."""
+
+    now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+CLOCK = Clock()
+
+
 class ConstantGenerator:
-    """Seed-dependent constant images: image value = (seed + 1) / 10."""
+    """Seed-dependent constant images: image value = (seed + 1) / 10; 0.25 s on CLOCK an image."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[list[str], int]] = []
 
     def generate(self, prompts: Sequence[str], seed: int) -> torch.Tensor:
         self.calls.append((list(prompts), seed))
+        CLOCK.now += 0.25 * len(prompts)
         return torch.full((len(prompts), 1, 4, 4), (seed + 1) / 10)
 
 
 class MeanScorer:
     def score(self, images: torch.Tensor, prompts: Sequence[str]) -> dict[str, float]:
         assert len(prompts) == images.shape[0]
+        CLOCK.now += 100.0  # scoring is not sampling latency
         return {"brightness": float(images.mean()), "one": 1.0}
 
 
-def test_evaluate_generates_each_seed_and_scores_all_images() -> None:
+def test_evaluate_generates_each_seed_and_scores_all_images(monkeypatch: pytest.MonkeyPatch) -> None:
+    import hpspec.method.evaluate as module
+
+    monkeypatch.setattr(module.time, "perf_counter", CLOCK)
     gen, scorer = ConstantGenerator(), MeanScorer()
     assert isinstance(gen, Generator) and isinstance(scorer, Scorer)
     result = evaluate(gen, scorer, ["a", "b", "c"], seeds=(0, 1))
@@ -68,7 +85,7 @@ def test_evaluate_generates_each_seed_and_scores_all_images() -> None:
     assert result["num_images"] == 6
     assert result["brightness"] == pytest.approx(0.15)
     assert result["metrics"] == ["brightness", "one"]
-    assert result["latency_s_per_image"] > 0
+    assert result["latency_s_per_image"] == 0.25  # generation time over images, scoring apart
     assert "degradation" not in result
 
     worse = evaluate(gen, scorer, ["a"], seeds=(0,), reference=result)
@@ -195,7 +212,7 @@ def test_pipeline_generator_takes_a_replacement_transformer(tiny_sd3_dir: Path) 
 
 @pytest.fixture(scope="module")
 def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from transformers import CLIPConfig, CLIPModel, CLIPVisionConfig
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPVisionConfig
 
     path = tmp_path_factory.mktemp("tiny-clip")
     torch.manual_seed(0)
@@ -210,6 +227,9 @@ def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         projection_dim=32,
     )
     CLIPModel(config).save_pretrained(path)
+    # The model's own processor: CLIP's pixel mean/std (its defaults) at the vision tower's size.
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16})
+    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(path)
     return path
 
 
@@ -234,6 +254,34 @@ def test_clip_scorer_scores_in_unit_interval(
     assert 0.0 <= gray <= 1.0
     with pytest.raises(ValueError, match="prompts"):
         scorer.score(images, prompts[:2])
+
+
+def _features(output: torch.Tensor | object) -> torch.Tensor:
+    return output if isinstance(output, torch.Tensor) else output.pooler_output  # type: ignore[attr-defined]
+
+
+def test_clip_score_equals_transformers_own_computation(tiny_clip_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Against the model's own CLIPProcessor and CLIPModel.get_image/text_features, computed here.
+    Pixel values that are multiples of 1/255 pass its PIL route unchanged: at the vision tower's
+    size the numbers agree exactly; resized, to PIL's bicubic against torch's (removing CLIP's
+    mean/std moves them by 0.1)."""
+    from transformers import CLIPModel, CLIPProcessor
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    scorer = CLIPScorer.from_pretrained(tiny_clip_dir)
+    processor = CLIPProcessor.from_pretrained(tiny_clip_dir)
+    model = CLIPModel.from_pretrained(tiny_clip_dir).eval()
+    prompts = ["a cat", "a dog", "7", "the digit seven", "a house"]
+    for shape, tolerance in (((5, 3, 16, 16), 1e-6), ((5, 3, 32, 24), 5e-3)):
+        images = torch.randint(0, 256, shape, generator=torch.Generator().manual_seed(0)).float() / 255
+        batch = processor(text=prompts, images=list(images), do_rescale=False, padding=True, return_tensors="pt")
+        with torch.no_grad():
+            image = _features(model.get_image_features(pixel_values=batch["pixel_values"]))
+            text = _features(model.get_text_features(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]))
+        expected = (image / image.norm(dim=-1, keepdim=True) * (text / text.norm(dim=-1, keepdim=True))).sum(-1)
+        assert scorer.similarities(images, prompts) == pytest.approx(expected.tolist(), abs=tolerance), shape
+        if tolerance < 1e-5:
+            assert scorer.score(images, prompts)["clip_score"] == pytest.approx(float(expected.clamp(min=0).mean()), abs=1e-6)
 
 
 def test_evaluate_demo_reports_degradation_against_a_reference() -> None:

@@ -445,7 +445,7 @@ def test_same_files_as_diffusers_own_save(tmp_path: Path, sources: dict[str, Pat
     pruned = tmp_path / "hp" / "pruned"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        four_bit = dict(load_in_4bit=True, bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.bfloat16)
+        four_bit = {"load_in_4bit": True, "bnb_4bit_use_double_quant": True, "bnb_4bit_compute_dtype": torch.bfloat16}
         config = {
             "nf4": BitsAndBytesConfig(bnb_4bit_quant_type="nf4", **four_bit),
             "fp4": BitsAndBytesConfig(bnb_4bit_quant_type="fp4", **four_bit),
