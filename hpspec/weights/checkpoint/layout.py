@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 from hpspec.core.errors import CheckpointError
 from hpspec.core.paths import WEIGHTS_NAME
@@ -19,6 +18,7 @@ from hpspec.model.conversion import split_trimmed
 from hpspec.model.graph import ModelGraph
 from hpspec.model.safetensors_header import TensorEntry
 from hpspec.plan.plan import Plan
+from hpspec.plan.quantize_layout import under  # a name at or below one of some module paths
 from hpspec.weights.checkpoint.source import Source
 
 
@@ -56,10 +56,6 @@ def converted_modules(plan: Plan) -> list[str]:
 
 def _conversion_modules(plan: Plan) -> list[str]:
     return [m for op in plan.ops if op.kind == "convert_last_block" for m in op.modules]
-
-
-def under(name: str, modules: Iterable[str]) -> bool:
-    return any(name == m or name.startswith(m + ".") for m in modules)
 
 
 # --------------------------------------------------------------------------------------------
