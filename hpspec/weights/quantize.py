@@ -65,7 +65,7 @@ def backend(scheme: str) -> ModuleType:
 def quantized_types() -> tuple[type, ...]:
     """The classes of quantized Linears of every backend that is installed."""
     found: list[type] = []
-    for scheme in ("nf4", "int4"):
+    for scheme in {library: scheme for scheme, library in QUANTIZE_BACKENDS.items()}.values():  # one per library
         try:
             found.extend(backend(scheme).quantized_types())
         except HpspecError:
