@@ -86,7 +86,7 @@ def run_demo(
     keep: float = DEFAULT_KEEP,
     seeds: Sequence[int] = (0, 1),
     analysis_seeds: Sequence[int] = (0,),
-    say: Callable[[str], None] = print,
+    say: Callable[[str], object] = print,
     force: bool = False,
     prompts: Sequence[str] | None = None,
     distill_steps: int = 200,
@@ -162,7 +162,7 @@ class DemoRun:
         return Row(method, spec, plan.kept_fraction, nbytes, _metrics(result), float(result["degradation"]), model_dir, generator.encoded())
 
 
-def _repaired_rows(run: DemoRun, spec: Path, pruned: Path, steps: int, say: Callable[[str], None]) -> list[Row]:
+def _repaired_rows(run: DemoRun, spec: Path, pruned: Path, steps: int, say: Callable[[str], object]) -> list[Row]:
     """The method's other stages on HierarchicalPrune's selection: PWP + SGDistill, then 4 bits."""
     say(f"   distill: PWP + SGDistill (inverse), {steps} steps")
     distilled = pruned.parent / "distilled"
@@ -176,7 +176,7 @@ def _repaired_rows(run: DemoRun, spec: Path, pruned: Path, steps: int, say: Call
     return rows
 
 
-def _quantized_row(run: DemoRun, spec: Path, distilled: Path, scheme: str, say: Callable[[str], None]) -> Row:
+def _quantized_row(run: DemoRun, spec: Path, distilled: Path, scheme: str, say: Callable[[str], object]) -> Row:
     """The distilled model in `scheme`; a row that says why when the scheme's back end is missing."""
     name = f"+ distill + {scheme}"
     missing = missing_backend(scheme)

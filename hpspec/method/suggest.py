@@ -155,7 +155,10 @@ def _greedy(graph: ModelGraph, given: Sequence[Choice], candidates: Sequence[_Ca
     """Remove candidates in order; stop right after the removal that takes the fraction below keep."""
     measure = _fraction_counter(graph)
     chosen: list[Choice] = []
-    fraction = measure([*given])
+    start = measure([*given])
+    if start is None:
+        raise HpspecError("the blocks given by --blocks drop every block: nothing would be left")
+    fraction = start
     for candidate in candidates:
         if fraction < keep:
             break
@@ -183,16 +186,17 @@ def _redundant(choice: Choice, previous: Sequence[Choice]) -> bool:
 def _fraction_counter(graph: ModelGraph) -> Callable[[Sequence[Choice]], float | None]:
     """The exact kept fraction of a set of drops, by compiling the plan they make."""
 
-    def measure(choices: Sequence[Choice]) -> float:
+    def measure(choices: Sequence[Choice]) -> float | None:
+        """None when the drops do not make a valid spec (they would drop every block)."""
         if not choices:
             return 1.0
         try:
             checked = check(parse(_drops_text(choices)), graph)
         except HpspecError:
-            return None  # type: ignore[return-value]
+            return None
         return compile_plan(checked).kept_fraction
 
-    return measure  # type: ignore[return-value]
+    return measure
 
 
 def _drops_text(choices: Sequence[Choice]) -> str:
@@ -224,10 +228,12 @@ def _selector_list(choices: Sequence[Choice]) -> str:
     out = []
     for stack in dict.fromkeys(c.stack for c in choices):
         indices = sorted(c.block for c in choices if c.stack == stack)
-        runs, start = [], indices[0]
-        for previous, current in zip(indices, indices[1:] + [None]):
+        runs: list[str] = []
+        start = indices[0]
+        for previous, current in zip(indices, [*indices[1:], None]):
             if current != previous + 1:
                 runs.append(str(start) if start == previous else f"{start}:{previous + 1}")
-                start = current
+                if current is not None:
+                    start = current
         out.append(f"{stack}[{', '.join(runs)}]")
     return ", ".join(out)
