@@ -130,3 +130,34 @@ def test_demo_report_in_a_real_browser(browser: Any, tmp_path: Path) -> None:
 
     shot = tmp_path / "report.png"
     assert browser.save_screenshot(str(shot)) and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_comparison_page_in_a_real_browser(browser: Any, tmp_path: Path) -> None:
+    """The demo's page (report.compare) on its own: no requests, no script, every map and image shown."""
+    from selenium.common.exceptions import NoAlertPresentException
+    from selenium.webdriver.common.by import By
+
+    from hpspec.plan.front import plan_spec
+    from hpspec.report.compare import Comparison, ImageColumn, write_comparison
+    from hpspec.report.images import encode_images
+
+    plans = [(name, plan_spec(_demo_spec(tmp_path), None)) for name in ("hierarchical", HOSTILE)]
+    prompts = ["a handwritten digit 3", f"the digit {HOSTILE}"]
+    columns = [ImageColumn(name, encode_images([_digit(k, shift) for k in range(2)])) for name, shift in (("original", 0.0), (HOSTILE, 0.4))]
+    page = tmp_path / "compare.html"
+    write_comparison(page, Comparison(HOSTILE, "two plans", ["method", "score"], [[HOSTILE, "1.0"]], plans, None, prompts, columns))
+    url = page.resolve().as_uri()
+    browser.get_log("performance")
+    browser.get(url)
+
+    assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
+    assert _requests(browser.get_log("performance"), url) == []
+    with pytest.raises(NoAlertPresentException):
+        browser.switch_to.alert  # noqa: B018 (no script ran, so nothing alerted)
+    assert browser.execute_script("return document.scripts.length") == 0
+    count = len(resolve_target("demo").stacks[0].blocks)
+    maps = browser.find_elements(By.CSS_SELECTOR, ".method-map")
+    assert [len(m.find_elements(By.CSS_SELECTOR, ".block[data-block]")) for m in maps] == [count, count]
+    assert HOSTILE in browser.find_element(By.ID, "comparison").text and HOSTILE in browser.find_element(By.ID, "images").text
+    loaded = browser.execute_script("return [...document.images].filter(i => i.complete && i.naturalWidth === 8).length")
+    assert loaded == 4  # 2 prompts x 2 models, all decoded
