@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from hpspec.method.sgdistill import kept_blocks, under
 from hpspec.model.arch import architecture
-from hpspec.model.families.flux import pack_latents
+from hpspec.model.families.flux import image_ids, pack_latents
 from hpspec.plan.plan import Plan
 
 if TYPE_CHECKING:
@@ -55,12 +55,9 @@ class Family:
             return {**common, "timestep": sigma * 1000}
         import torch
 
-        ids = torch.zeros(height // 2, width // 2, 3)
-        ids[..., 1] += torch.arange(height // 2)[:, None]
-        ids[..., 2] += torch.arange(width // 2)[None, :]
         extra: dict[str, Any] = {
             "timestep": sigma,  # FLUX scales by 1000 inside
-            "img_ids": ids.reshape(-1, 3).to(x.device, x.dtype),
+            "img_ids": image_ids(height, width, architecture(self.name).latents.pack).to(x.device, x.dtype),
             "txt_ids": torch.zeros(batch.states.shape[1], 3, device=x.device, dtype=x.dtype),
         }
         if self.config.get("guidance_embeds"):
