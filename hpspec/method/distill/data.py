@@ -58,8 +58,15 @@ class Shapes:
 
 
 class DistillData(Protocol):
-    shapes: Shapes
-    unconditional_fraction: float  # fraction of examples trained with the empty prompt
+    """A data source of the distill stage (the demo's digits, or a latent folder)."""
+
+    @property
+    def shapes(self) -> Shapes: ...
+
+    @property
+    def unconditional_fraction(self) -> float:
+        """The fraction of examples trained with the empty prompt."""
+        ...
 
     def __len__(self) -> int: ...
 
