@@ -1,6 +1,6 @@
 """Mutation check: plant plausible bugs, one at a time, and see which tests catch each.
 
-    python bench/mutations.py [--only NAME ...] [--list] [--no-baseline]
+    python bench/mutations.py [--only NAME ...] [--list] [--check] [--no-baseline]
 
 Each mutation is a (file, exact old text, new text) triple and the tests that should catch it.
 Nothing in the checkout is ever modified: for each mutation the repository's files (git ls-files,
@@ -110,6 +110,12 @@ MUTATIONS: tuple[Mutation, ...] = (
         QUANTIZE_TESTS,
         "bitsandbytes quantizes 0.9 times the weight",
     ),
+    Mutation(
+        "mis-scaled int4 weights", "hpspec/weights/backends/quanto.py",
+        "weight = linear.weight.data.to(compute)", "weight = 0.9 * linear.weight.data.to(compute)",
+        QUANTIZE_TESTS,
+        "quanto quantizes 0.9 times the weight",
+    ),
     # To add once they exist (issue 21): a dropped LoRA key (LoRA export) and a dropped format key
     # (format conversion), each with the tests that check those outputs key by key.
 )
@@ -197,6 +203,17 @@ def in_copy(repo: Path, mutation: Mutation | None, tests: Sequence[str]) -> Outc
         return run_tests(root, tests)
 
 
+def check_applies(repo: Path, mutations: Sequence[Mutation]) -> int:
+    """Each mutation's old text found exactly once in the work tree (read only)."""
+    missing = 0
+    for mutation in mutations:
+        path = repo / mutation.file
+        count = path.read_text(encoding="utf-8").count(mutation.old) if path.is_file() else 0
+        missing += count != 1
+        print(f"{mutation.name:<26} {'applies' if count == 1 else 'NO LONGER APPLIES'}  ({mutation.file})")
+    return 1 if missing else 0
+
+
 def grouped(failed: Sequence[str], most: int = 4) -> str:
     """Failed test ids, parametrized ones folded: `test_x::f[a, b]`; at most `most` functions."""
     by_function: dict[str, list[str]] = {}
@@ -220,6 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", metavar="NAME", help="run only these mutations (names as --list prints them)")
     parser.add_argument("--list", action="store_true", help="print the mutations and exit")
     parser.add_argument("--no-baseline", action="store_true", help="skip the unmutated run")
+    parser.add_argument("--check", action="store_true", help="only say whether every mutation still applies (no tests run)")
     parser.add_argument("--repo", type=Path, default=REPO, help="the git work tree to copy (default: this checkout)")
     args = parser.parse_args(argv)
     chosen = [m for m in MUTATIONS if not args.only or m.name in args.only]
@@ -227,6 +245,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for m in MUTATIONS:
             print(f"{m.name:<26} {m.file}: {m.why}")
         return 0 if args.list else 2
+    if args.check:
+        return check_applies(args.repo, chosen)
     ok = True
     if not args.no_baseline:
         union = list(dict.fromkeys(t for m in chosen for t in m.tests))

@@ -1,7 +1,9 @@
 """The quantize stage on tiny SD3 and FLUX models (and the trained demo): layout, bytes, exactness.
 
-Independent references: bitsandbytes' and quanto's own dequantization, a by-hand decode of the
-4-bit format, and diffusers' own save of the same model (its GPU check patched out).
+Independent references: the back ends' own modules (bitsandbytes' Linear4bit / Linear8bitLt,
+quanto's quantize + freeze) built here on the same weights, their own dequantization, a by-hand
+decode of the 4-bit format, the Linears to quantize listed by hand, and diffusers' own save of the
+same pruned model (its GPU check patched out).
 """
 
 from __future__ import annotations
