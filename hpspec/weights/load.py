@@ -161,6 +161,6 @@ def _check_count(model: nn.Module, quantized: Mapping[str, nn.Module], plan: Pla
     """The weights the quantized Linears stand for, plus every other parameter: the plan's count."""
     inside = {id(p) for m in quantized.values() for p in m.parameters()}
     count = sum(p.numel() for p in model.parameters() if id(p) not in inside)
-    count += sum(m.in_features * m.out_features + (m.bias.numel() if m.bias is not None else 0) for m in quantized.values())  # type: ignore[operator]
+    count += sum(m.in_features * m.out_features + (m.bias.numel() if m.bias is not None else 0) for m in quantized.values())  # type: ignore[operator,misc]
     if count != plan.params.after_prune:
         raise PlanError(f"{directory}: the quantized model stands for {count} parameters, the plan says {plan.params.after_prune}")

@@ -19,6 +19,7 @@ quantized directory back is `load.load_quantized`.
 
 from __future__ import annotations
 
+import importlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,7 @@ from hpspec.weights.surgery import set_module
 
 TORCH_DTYPES: Mapping[str, torch.dtype] = {name: getattr(torch, dtype.torch) for name, dtype in COMPUTE.items()}
 MAX_SHARD_BYTES = 10 * 10**9  # diffusers' default `max_shard_size` ("10GB")
+BACKEND_MODULES = {"bitsandbytes": "bnb", "optimum-quanto": "quanto"}  # library -> its module in `backends/`
 
 
 # --------------------------------------------------------------------------------------------
@@ -52,14 +54,10 @@ def backend(scheme: str) -> ModuleType:
     library = QUANTIZE_BACKENDS.get(scheme)
     if library is None:
         raise PlanError(f"unknown quantization scheme {scheme!r}; hpspec knows {', '.join(QUANTIZE_BACKENDS)}")
-    try:
-        if library == "bitsandbytes":
-            from hpspec.weights.backends import bnb as module
-        else:
-            from hpspec.weights.backends import quanto as module
+    try:  # the library itself is imported with its back end, on first use
+        return importlib.import_module(f"hpspec.weights.backends.{BACKEND_MODULES[library]}")
     except ImportError as error:
         raise HpspecError(f"quantize {scheme} needs {library} ({error}); install {QUANTIZE_SCHEMES[scheme].install}") from None
-    return module
 
 
 def quantized_types() -> tuple[type, ...]:

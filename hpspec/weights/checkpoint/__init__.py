@@ -17,7 +17,6 @@ from hpspec.weights.checkpoint.layout import (
     removed_modules,
     renamed,
     shard_names,
-    under,
 )
 from hpspec.weights.checkpoint.source import (
     Source, check_fingerprint, hash_cache_dir, open_source, refuse_foreign_layout, sha256_file, source_sha256,
@@ -27,5 +26,5 @@ from hpspec.weights.checkpoint.writer import Written, write_pruned
 __all__ = [
     "OutTensor", "Segment", "Source", "Written", "buffer_names", "check_fingerprint", "converted_modules",
     "dropped_part_modules", "hash_cache_dir", "open_source", "pruned_layout", "refuse_foreign_layout", "removed_modules",
-    "renamed", "sha256_file", "shard_names", "source_sha256", "under", "write_pruned",
+    "renamed", "sha256_file", "shard_names", "source_sha256", "write_pruned",
 ]  # fmt: skip

@@ -227,7 +227,7 @@ def source_sha256(path: Path, stop: threading.Event | None = None) -> str:
             pass
     digest = sha256_file(path, stop)
     unchanged = entry is not None and entry == _cache_entry(path)
-    if unchanged and not _recently_changed(path) and not (stop is not None and stop.is_set()):
+    if entry is not None and unchanged and not _recently_changed(path) and not (stop is not None and stop.is_set()):
         try:
             entry.parent.mkdir(parents=True, exist_ok=True)
             write_text_atomic(entry, digest + "\n")
