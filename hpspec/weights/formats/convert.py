@@ -135,10 +135,10 @@ def _cut(tensor: OutTensor, piece: Slice, where: str) -> OutTensor:
     if not 0 <= piece.begin < piece.end <= rows:
         raise LayoutError(f"{where}: {tensor.name!r} has {rows} rows; the key map wants rows {piece.begin}:{piece.end}")
     row = tensor.nbytes // rows
-    return OutTensor(tensor.name, tensor.dtype, (piece.end - piece.begin, *tensor.shape[1:]), _bytes(tensor.segments, piece.begin * row, piece.end * row))
+    return OutTensor(tensor.name, tensor.dtype, (piece.end - piece.begin, *tensor.shape[1:]), byte_range(tensor.segments, piece.begin * row, piece.end * row))
 
 
-def _bytes(segments: Sequence[Segment], begin: int, end: int) -> tuple[Segment, ...]:
+def byte_range(segments: Sequence[Segment], begin: int, end: int) -> tuple[Segment, ...]:
     """Bytes [begin, end) of the concatenation of `segments`."""
     out, offset = [], 0
     for s in segments:
@@ -223,8 +223,6 @@ def write_safetensors(path: Path, tensors: Sequence[OutTensor], meta: Mapping[st
         destination.seek(0, os.SEEK_END)
         for run in _runs(tensors):
             _copy_range(run, destination.fileno(), lambda _: None)
-        destination.flush()
-        os.fsync(destination.fileno())
 
 
 @contextmanager

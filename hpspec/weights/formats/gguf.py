@@ -26,10 +26,11 @@ from typing import Any
 from hpspec.core.errors import LayoutError
 from hpspec.model.formats.keymap import block_indices, renumber
 from hpspec.model.formats.rules import key_map_of_family
-from hpspec.weights.checkpoint.layout import OutTensor
+from hpspec.weights.checkpoint.layout import OutTensor, Segment
 from hpspec.weights.formats.convert import (
     Model,
     atomic_file,
+    byte_range,
     layout_tensors,
     open_model,
 )
@@ -42,6 +43,7 @@ KEEP = {  # name prefixes kept unquantized, per architecture (city96's llama.cpp
     "sd3": ("final_layer.", "t_embedder.", "y_embedder.", "x_embedder.", "context_embedder.", "pos_embed"),
 }
 METADATA_CONFIG = "hpspec.config"
+CHUNK_ELEMENTS = 4 << 20  # rows are read, cast and quantized about this many elements at a time
 
 
 @dataclass(frozen=True)
@@ -115,11 +117,33 @@ def write_gguf(model: Model, out: Path, wanted: str, force: bool = False) -> Pat
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
         for tensor, kind in zip(tensors, types):
-            data = gguf.quants.quantize(read_float32(tensor), _ggml(kind))
-            writer.write_tensor_data(data)
-            del data
+            _write_tensor(writer, tensor, kind)
         writer.close()
     return Path(out)
+
+
+def _write_tensor(writer: Any, tensor: OutTensor, kind: str) -> None:
+    """One tensor quantized and written a few MB of rows at a time (blocks never span rows, so the
+    bytes are those of quantizing it whole), aligned as the gguf writer aligns them."""
+    import gguf
+    import numpy as np
+
+    (fout,) = writer.fout
+    writer.write_padding(fout, fout.tell())
+    rows = tensor.shape[0] if tensor.shape else 1
+    per_row = math.prod(tensor.shape[1:])
+    step = max(1, CHUNK_ELEMENTS // max(1, per_row))
+    for first in range(0, rows, step):
+        last = min(rows, first + step)
+        part = OutTensor(tensor.name, tensor.dtype, (last - first, *tensor.shape[1:]), _rows(tensor, first, last, rows))
+        data = read_float32(part) if tensor.shape else read_float32(tensor)
+        fout.write(np.ascontiguousarray(gguf.quants.quantize(data, _ggml(kind))).data)
+    writer.write_padding(fout, _nbytes(tensor.shape, kind))
+
+
+def _rows(tensor: OutTensor, first: int, last: int, rows: int) -> tuple[Segment, ...]:
+    row = tensor.nbytes // rows
+    return byte_range(tensor.segments, first * row, last * row)
 
 
 def convert_to_gguf(source: Path, out: Path, wanted: str, force: bool = False, hints: Mapping[str, Any] | None = None) -> Path:
@@ -153,25 +177,36 @@ def _nbytes(shape: Sequence[int], kind: str) -> int:
 
 def read_float32(tensor: OutTensor) -> Any:
     """One tensor's bytes from its source file(s), as a float32 numpy array of its shape."""
-    raw = bytearray()
+    import numpy as np
+
+    raw = np.empty(tensor.nbytes, np.uint8)
+    view, offset = memoryview(raw), 0
     for segment in tensor.segments:
-        with segment.path.open("rb") as handle:
+        with segment.path.open("rb", buffering=0) as handle:
             handle.seek(segment.begin)
-            raw += handle.read(segment.end - segment.begin)
-    return _decode(bytes(raw), tensor.dtype).reshape(tensor.shape)
+            start, end = offset, offset + segment.end - segment.begin
+            while offset < end:
+                count = handle.readinto(view[offset:end])
+                if not count:
+                    raise LayoutError(f"{segment.path}: ended at byte {segment.begin + offset - start} while being read (changed on disk?)")
+                offset += count
+    return _decode(raw, tensor.dtype).reshape(tensor.shape)
 
 
-def _decode(raw: bytes, dtype: str) -> Any:
+def _decode(raw: Any, dtype: str) -> Any:
     import numpy as np
 
     if dtype == "F32":
-        return np.frombuffer(raw, np.float32)
+        return raw.view(np.float32)
     if dtype == "F16":
-        return np.frombuffer(raw, np.float16).astype(np.float32)
+        return raw.view(np.float16).astype(np.float32)
     if dtype == "BF16":
-        return (np.frombuffer(raw, np.uint16).astype(np.uint32) << 16).view(np.float32)
+        wide = np.empty(raw.size // 2, np.uint32)
+        wide[:] = raw.view(np.uint16)
+        wide <<= 16
+        return wide.view(np.float32)
     if dtype in ("F8_E4M3", "F8_E5M2"):
-        return _fp8_table(dtype)[np.frombuffer(raw, np.uint8)]
+        return _fp8_table(dtype)[raw]
     raise LayoutError(f"cannot write a {dtype} tensor as GGUF (float tensors only)")
 
 
