@@ -349,18 +349,22 @@ def test_whole_model_error_on_the_trained_demo() -> None:
 # Round trip, exceptions, part drops
 
 
+def _in_memory_and_loaded(out: Path, kind: str) -> tuple[nn.Module, nn.Module]:
+    """The output's plan applied to the source model and quantized in memory; the output read back."""
+    plan = load_plan((out / "plan.json").read_text())
+    assert plan.quantize is not None
+    live = apply(plan, gaussian(kind))
+    quantize_model(live, plan.quantize)
+    return live, load_pretrained(out)
+
+
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_round_trip_is_bit_exact(sources: dict[str, Path], compiled: dict, scheme: str) -> None:
     """The model quantized in memory and the one read back: same tensors, same output, bit for bit."""
     from hpspec.weights.quantize import quantized_state
 
     for kind in ("sd3", "flux"):
-        out = compiled[(kind, scheme)]
-        plan = load_plan((out / "plan.json").read_text())
-        assert plan.quantize is not None
-        live = apply(plan, gaussian(kind))
-        quantize_model(live, plan.quantize)
-        loaded = load_pretrained(out)
+        live, loaded = _in_memory_and_loaded(compiled[(kind, scheme)], kind)
         a, b = quantized_state(live, scheme), quantized_state(loaded, scheme)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
         feed = bf16(inputs(kind))
@@ -407,12 +411,7 @@ def test_quantization_composes_with_part_drop_identities(compiled: dict) -> None
         ("flux", "nf4"): {"single_transformer_blocks.1.proj_mlp": nn.Identity, "transformer_blocks.0.ff_context": nn.Identity},
     }
     for (kind, scheme), expected in stand_ins.items():
-        out = compiled[(kind, scheme)]
-        plan = load_plan((out / "plan.json").read_text())
-        assert plan.quantize is not None
-        live = apply(plan, gaussian(kind))
-        quantize_model(live, plan.quantize)
-        loaded = load_pretrained(out)
+        live, loaded = _in_memory_and_loaded(compiled[(kind, scheme)], kind)
         assert {path: type(loaded.get_submodule(path)) for path in expected} == expected
         assert {p: type(m) for p, m in loaded.named_modules()} == {p: type(m) for p, m in live.named_modules()}
         feed = bf16(inputs(kind))
