@@ -32,10 +32,10 @@ def apply(plan: Plan, model: nn.Module) -> nn.Module:
         replace_part(model, path)
     for stack in plan.stacks.values():
         if stack.dropped:
-            blocks = model.get_submodule(stack.module)
+            blocks: nn.ModuleList = model.get_submodule(stack.module)  # type: ignore[assignment]
             parent, name = parent_of(model, stack.module)
             setattr(parent, name, nn.ModuleList(block for i, block in enumerate(blocks) if i not in stack.dropped))
     if plan.config:
-        model.register_to_config(**plan.config)
+        model.register_to_config(**plan.config)  # type: ignore[operator]  # a diffusers ModelMixin
     finish_pruned(plan, model, f"module:{type(model).__name__}")
     return model
