@@ -15,10 +15,10 @@ __all__ = ["__version__", "parse", "check", "compile_plan", "plan_spec", "apply"
 _LAZY = {
     "parse": ("hpspec.lang.parse", "parse"),
     "check": ("hpspec.plan.check", "check"),
-    "compile_plan": ("hpspec.plan.plan", "compile_plan"),
-    "plan_spec": ("hpspec.plan.plan", "plan_spec"),
+    "compile_plan": ("hpspec.plan.compile", "compile_plan"),
+    "plan_spec": ("hpspec.plan.front", "plan_spec"),
     "apply": ("hpspec.weights.prune", "apply"),
-    "load_pretrained": ("hpspec.weights.prune", "load_pretrained"),
+    "load_pretrained": ("hpspec.weights.load", "load_pretrained"),
 }
 
 
