@@ -39,7 +39,7 @@ CLIP_NORM = 1.0
 DEFAULT_CHECKPOINT_EVERY = 500
 
 
-@dataclass
+@dataclass(frozen=True)
 class Job:
     """Everything one run needs; built by the stage's `prepare_distill` (every check) before
     anything is written."""
@@ -61,7 +61,7 @@ class Job:
     frozen_by_guidance: list[str] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Outcome:
     """What a run did: steps, where it resumed, speed, the loss curve, where it ran."""
 
