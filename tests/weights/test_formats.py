@@ -19,6 +19,7 @@ from hpspec.weights.formats.convert import convert
 from hpspec.weights.formats.gguf import (
     convert_to_gguf,
     drop_blocks,
+    gguf_config,
     parse_type,
     read_gguf,
 )
@@ -113,7 +114,8 @@ def test_fp8_bytes_are_carried_as_they_are(tmp_path: Path, saved: Callable[[str]
     assert all(again[n].dtype == t.dtype and torch.equal(again[n].view(torch.uint8), t.view(torch.uint8)) for n, t in fp8.items())
     gguf_file = convert_to_gguf(tmp_path / "fp8_bfl.safetensors", tmp_path / "fp8.gguf", "f32")
     dequantized = _dequantized(gguf_file)
-    assert torch.equal(dequantized["double_blocks.0.img_mlp.0.weight"], fp8["transformer_blocks.0.ff.net.0.proj.weight"].float())
+    assert torch.equal(dequantized["double_blocks.0.img_mlp.0.weight"], fp8["transformer_blocks.0.ff.net.0.proj.weight"].float())  # E5M2
+    assert torch.equal(dequantized["single_blocks.0.linear2.weight"], fp8["single_transformer_blocks.0.proj_out.weight"].float())  # E4M3
 
 
 def test_a_file_with_a_gap_in_its_blocks_is_renumbered(tmp_path: Path, saved: Callable[[str], Path]) -> None:
@@ -188,6 +190,9 @@ def test_gguf_reads_back_within_its_type_error_and_loads_in_diffusers(
             assert torch.equal(back[name], tensor if written == "f32" else tensor.half().float()), name
         else:
             assert float((back[name] - tensor).abs().max()) <= TOLERANCE[written] * float(tensor.abs().max()), name
+    assert {k: v for k, v in gguf_config(found).config.items() if v is not None} == {
+        k: v for k, v in json.loads((saved(model) / "config.json").read_text()).items() if k in gguf_config(found).config and v is not None
+    }  # the graph of a GGUF, from its header
     loaded = model_class(model).from_single_file(
         str(path), quantization_config=GGUFQuantizationConfig(compute_dtype=torch.float32), config=str(saved(model))
     )

@@ -46,7 +46,7 @@ class SingleFile:
     @property
     def layout_name(self) -> str:
         """The name `--to` would use for this file's own layout: comfyui, bfl, sai or diffusers."""
-        return self.prefix_name or self.layout
+        return self.prefix_name if self.prefix_name and self.layout != DIFFUSERS else self.layout
 
     @property
     def dtypes(self) -> tuple[str, ...]:

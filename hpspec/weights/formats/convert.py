@@ -22,6 +22,7 @@ from typing import Any
 from hpspec.core.errors import HpspecError, LayoutError
 from hpspec.core.io import (
     TMP_MARKER,
+    _umask,
     atomic_directory,
     dumps_json,
     sweep_stale_siblings,
@@ -246,10 +247,4 @@ def atomic_file(out: Path, force: bool = False) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 

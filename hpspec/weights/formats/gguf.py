@@ -24,6 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from hpspec.core.errors import LayoutError
+from hpspec.model.formats.infer import (
+    Inferred,
+    diffusers_shapes,
+    infer_config,
+    with_hints,
+)
 from hpspec.model.formats.keymap import block_indices, renumber
 from hpspec.model.formats.rules import key_map_of_family
 from hpspec.weights.checkpoint.layout import OutTensor, Segment
@@ -255,6 +261,17 @@ def read_gguf(path: Path) -> GGUFFile:
         shape = tuple(int(d) for d in reversed(t.shape.tolist()))
         tensors[t.name] = GGUFTensor(t.name, t.tensor_type.name.lower(), shape, int(t.data_offset), int(t.data_offset) + int(t.n_bytes))
     return GGUFFile(path, str(arch), tensors, fields)
+
+
+def gguf_config(found: GGUFFile) -> Inferred:
+    """The diffusers config of a GGUF's transformer, from its names and shapes (as for a single
+    file); a config hpspec wrote into the file supplies what shapes cannot say."""
+    rule = key_map_of_family(found.arch)
+    shapes = {name: t.shape for name, t in found.tensors.items()}
+    counts = block_indices(rule, list(shapes))
+    inferred = infer_config(found.arch, diffusers_shapes(rule, shapes, counts), counts, str(found.path))
+    written = found.fields.get(METADATA_CONFIG)
+    return with_hints(inferred, json.loads(written), str(found.path)) if isinstance(written, str) else inferred
 
 
 def _field_value(field: Any) -> Any:
