@@ -134,6 +134,15 @@ def test_compile_runs_prune_then_quantize(cli: Callable[..., CliResult], tmp_pat
     assert torch.equal(forward(hpspec.load_pretrained(out / "quantized"), feed), forward(live, feed))
 
 
+def test_a_later_stage_refuses_a_directory_another_plan_pruned(cli: Callable[..., CliResult], tmp_path: Path, model: Path) -> None:
+    """One same-plan check (stages.engine.require_same_pruning) for distill and quantize: it names the field."""
+    pruned = tmp_path / "pruned"
+    assert cli("prune", write_spec(tmp_path, SPEC), "--model", model, "--out", pruned).code == 0
+    result = cli("quantize", write_spec(tmp_path, "drop blocks[3]\nquantize int4\n", "other.hps"), "--model", pruned, "--out", tmp_path / "q")
+    assert result.code == 1 and "was pruned by another plan" in result.err and "its `stacks` differs" in result.err
+    assert not (tmp_path / "q").exists()
+
+
 def test_prune_single_stage_from_a_plan_file_or_a_spec(cli: Callable[..., CliResult], tmp_path: Path, model: Path) -> None:
     spec = write_spec(tmp_path, f'target "{model}"\n{SPEC}')
     plan_file = tmp_path / "plan.json"
