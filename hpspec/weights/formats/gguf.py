@@ -186,7 +186,7 @@ def read_float32(tensor: OutTensor) -> Any:
     import numpy as np
 
     raw = np.empty(tensor.nbytes, np.uint8)
-    view, offset = memoryview(raw), 0
+    view, offset = raw.data, 0
     for segment in tensor.segments:
         with segment.path.open("rb", buffering=0) as handle:
             handle.seek(segment.begin)
