@@ -19,7 +19,6 @@ from hpspec.model.formats.keymap import (
     Slice,
     block_indices,
     expand,
-    original_name,
     to_diffusers,
     to_original,
 )
@@ -40,7 +39,6 @@ __all__ = [
     "key_map",
     "key_map_of_family",
     "layouts",
-    "original_name",
     "refuse_unreadable",
     "to_diffusers",
     "to_original",

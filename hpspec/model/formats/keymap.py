@@ -129,22 +129,6 @@ def _check_tiles(name: str, found: Sequence[tuple[int, Slice]]) -> None:
         cursor += piece.end - piece.begin
 
 
-def original_name(rule: KeyMap, diffusers: str) -> str | None:
-    """The original-layout name of a whole (unfused) diffusers tensor, with the same block number."""
-    for group in rule.groups:
-        for row in group.tensors:
-            if len(row.pieces) != 1 or row.pieces[0].begin is not None:
-                continue
-            for suffix in group.suffixes:
-                tail = f".{suffix}" if suffix else ""
-                pattern = re.escape(f"{group.diffusers}{row.pieces[0].name}{tail}").replace(re.escape(INDEX), r"(\d+)")
-                match = re.fullmatch(pattern, diffusers)
-                if match:
-                    number = match.group(1) if match.groups() else ""
-                    return f"{group.original.replace(INDEX, number)}{row.original}{tail}"
-    return None
-
-
 def block_pattern(template: str) -> re.Pattern[str]:
     """`double_blocks.{i}.` -> a pattern whose group 1 is the block number."""
     return re.compile("^" + re.escape(template).replace(re.escape(INDEX), r"(\d+)"))
@@ -189,4 +173,4 @@ def renumber(rule: KeyMap, name: str, kept: Mapping[str, Sequence[int]], side: s
     return name
 
 
-__all__ = ["Fused", "Slice", "block_indices", "block_pattern", "expand", "facts", "key_map", "original_name", "renumber", "to_diffusers", "to_original"]
+__all__ = ["Fused", "Slice", "block_indices", "block_pattern", "expand", "facts", "key_map", "renumber", "to_diffusers", "to_original"]
