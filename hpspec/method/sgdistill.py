@@ -25,6 +25,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from hpspec.core.errors import GuidanceError
 from hpspec.model.graph import ModelGraph
 from hpspec.plan.plan import Plan
+from hpspec.plan.quantize_layout import under  # a name at or below one of some module paths
 from hpspec.method.sensitivity import Entry, SensitivityTable
 
 EPSILON_FRACTION = 0.05
@@ -62,10 +63,6 @@ def kept_blocks(plan: Plan) -> list[KeptBlock]:
     ]
 
 
-def under(name: str, path: str) -> bool:
-    return name == path or name.startswith(path + ".")
-
-
 def guidance(plan: Plan, graph: ModelGraph, table: SensitivityTable | None, trainable: Sequence[str]) -> Guidance:
     """The plan's SGDistill scales for a student whose trainable parameters are named `trainable`."""
     assert plan.distill is not None
@@ -90,7 +87,7 @@ class _Rated:
 
 
 def _binary(plan: Plan, graph: ModelGraph, table: SensitivityTable, trainable: Sequence[str]) -> Guidance:
-    rated = [r for r in _rated_units(plan, graph, table) if any(under(n, p) for p in r.paths for n in trainable)]
+    rated = [r for r in _rated_units(plan, graph, table) if any(under(n, r.paths) for n in trainable)]
     if not rated:
         raise GuidanceError("the sensitivity table rates none of the trainable blocks or parts; nothing to guide")
     threshold, said = _threshold(plan, rated)
@@ -98,7 +95,7 @@ def _binary(plan: Plan, graph: ModelGraph, table: SensitivityTable, trainable: S
     scales: dict[str, float] = {}
     units = []
     for unit in rated:
-        inside_frozen = any(under(p, b) for p in unit.paths for b in frozen_blocks)
+        inside_frozen = any(under(p, frozen_blocks) for p in unit.paths)
         scale = 0.0 if unit.entry.delta > threshold or inside_frozen else 1.0
         scales.update({path: scale for path in unit.paths})
         units.append({"unit": unit.label, "paths": list(unit.paths), "delta": unit.entry.delta, "scale": scale})
@@ -140,7 +137,7 @@ def _threshold(plan: Plan, rated: Sequence[_Rated]) -> tuple[float, str]:
 
 
 def _inverse(plan: Plan, table: SensitivityTable, trainable: Sequence[str]) -> Guidance:
-    blocks = [b for b in kept_blocks(plan) if any(under(n, b.path) for n in trainable)]
+    blocks = [b for b in kept_blocks(plan) if any(under(n, (b.path,)) for n in trainable)]
     if not blocks:
         raise GuidanceError("no kept block has trainable parameters; SGDistill has nothing to scale")
     deltas: list[tuple[KeptBlock, float, str]] = []

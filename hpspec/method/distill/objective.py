@@ -16,10 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
-from hpspec.method.sgdistill import kept_blocks, under
+from hpspec.method.sgdistill import kept_blocks
 from hpspec.model.arch import architecture
 from hpspec.model.families.flux import image_ids, pack_latents
 from hpspec.plan.plan import Plan
+from hpspec.plan.quantize_layout import under
 
 if TYPE_CHECKING:
     import torch
@@ -91,7 +92,7 @@ def feature_pairs(plan: Plan, trainable: Sequence[str]) -> list[tuple[str, str]]
     """(student block path, teacher block path) for every kept block with trainable parameters."""
     pairs = []
     for block in kept_blocks(plan):
-        if any(under(name, block.path) for name in trainable):
+        if any(under(name, (block.path,)) for name in trainable):
             pairs.append((block.path, f"{plan.stacks[block.stack].module}.{block.old}"))
     return pairs
 
