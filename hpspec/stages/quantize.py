@@ -28,7 +28,6 @@ if TYPE_CHECKING:
     from hpspec.weights.quantize import Quantized
 
 
-
 @dataclass(frozen=True)
 class Prepared:
     """A validated quantize job: the model loaded at the compute dtype, its predicted output."""
