@@ -118,6 +118,18 @@ def test_fp8_bytes_are_carried_as_they_are(tmp_path: Path, saved: Callable[[str]
     assert torch.equal(dequantized["single_blocks.0.linear2.weight"], fp8["single_transformer_blocks.0.proj_out.weight"].float())  # E4M3
 
 
+def test_bf16_to_gguf_f16_and_bf16_are_exact(tmp_path: Path, saved: Callable[[str], Path]) -> None:
+    bf16 = {n: t.to(torch.bfloat16) for n, t in build("flux").state_dict().items()}
+    save_file(bf16, tmp_path / "bf16.safetensors")
+    original = load_file(convert(tmp_path / "bf16.safetensors", tmp_path / "bfl.safetensors", "bfl").out)
+    for kind, cast in [("f16", torch.float16), ("bf16", torch.bfloat16)]:
+        path = convert_to_gguf(tmp_path / "bfl.safetensors", tmp_path / f"{kind}.gguf", kind)
+        found, back = read_gguf(path), _dequantized(path)
+        for name, tensor in original.items():
+            expected = tensor.float() if found.tensors[name].type == "f32" else tensor.to(cast).float()
+            assert torch.equal(back[name], expected), (kind, name)
+
+
 def test_a_file_with_a_gap_in_its_blocks_is_renumbered(tmp_path: Path, saved: Callable[[str], Path]) -> None:
     convert(saved("flux"), tmp_path / "full.safetensors", "bfl")
     kept = {n: t for n, t in load_file(tmp_path / "full.safetensors").items() if not n.startswith("double_blocks.1.")}

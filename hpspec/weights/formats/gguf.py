@@ -20,6 +20,7 @@ import json
 import math
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,7 @@ KEEP = {  # name prefixes kept unquantized, per architecture (city96's llama.cpp
     "sd3": ("final_layer.", "t_embedder.", "y_embedder.", "x_embedder.", "context_embedder.", "pos_embed"),
 }
 METADATA_CONFIG = "hpspec.config"
+SAME_TYPE = {"F32": "f32", "F16": "f16", "BF16": "bf16"}  # safetensors dtype -> the GGML type of the same bytes
 CHUNK_ELEMENTS = 4 << 20  # rows are read, cast and quantized about this many elements at a time
 
 
@@ -131,9 +133,6 @@ def write_gguf(model: Model, out: Path, wanted: str, force: bool = False) -> Pat
 def _write_tensor(writer: Any, tensor: OutTensor, kind: str) -> None:
     """One tensor quantized and written a few MB of rows at a time (blocks never span rows, so the
     bytes are those of quantizing it whole), aligned as the gguf writer aligns them."""
-    import gguf
-    import numpy as np
-
     (fout,) = writer.fout
     writer.write_padding(fout, fout.tell())
     rows = tensor.shape[0] if tensor.shape else 1
@@ -142,9 +141,33 @@ def _write_tensor(writer: Any, tensor: OutTensor, kind: str) -> None:
     for first in range(0, rows, step):
         last = min(rows, first + step)
         part = OutTensor(tensor.name, tensor.dtype, (last - first, *tensor.shape[1:]), _rows(tensor, first, last, rows))
-        data = read_float32(part) if tensor.shape else read_float32(tensor)
-        fout.write(np.ascontiguousarray(gguf.quants.quantize(data, _ggml(kind))).data)
+        fout.write(_encoded(part if tensor.shape else tensor, kind).data)
     writer.write_padding(fout, _nbytes(tensor.shape, kind))
+
+
+def _encoded(tensor: OutTensor, kind: str) -> Any:
+    """The bytes of `tensor` in GGML type `kind`: the source bytes where they already are that type,
+    a table lookup for bf16 -> f16 (exact: the same rounding as through float32), else quantized."""
+    import gguf
+    import numpy as np
+
+    raw = read_raw(tensor)
+    if SAME_TYPE.get(tensor.dtype) == kind:
+        return raw
+    if (tensor.dtype, kind) == ("BF16", "f16"):
+        return _bf16_to_f16()[raw.view(np.uint16)]
+    data = _decode(raw, tensor.dtype).reshape(tensor.shape)
+    return np.ascontiguousarray(gguf.quants.quantize(data, _ggml(kind)))
+
+
+@cache
+def _bf16_to_f16() -> Any:
+    """float16 of every bfloat16 bit pattern, rounded as numpy rounds float32 to float16."""
+    import numpy as np
+
+    every = np.arange(1 << 16, dtype=np.uint32) << 16
+    with np.errstate(over="ignore"):
+        return every.view(np.float32).astype(np.float16)
 
 
 def _rows(tensor: OutTensor, first: int, last: int, rows: int) -> tuple[Segment, ...]:
@@ -183,6 +206,11 @@ def _nbytes(shape: Sequence[int], kind: str) -> int:
 
 def read_float32(tensor: OutTensor) -> Any:
     """One tensor's bytes from its source file(s), as a float32 numpy array of its shape."""
+    return _decode(read_raw(tensor), tensor.dtype).reshape(tensor.shape)
+
+
+def read_raw(tensor: OutTensor) -> Any:
+    """One tensor's bytes from its source file(s), as a flat uint8 numpy array."""
     import numpy as np
 
     raw = np.empty(tensor.nbytes, np.uint8)
@@ -196,7 +224,7 @@ def read_float32(tensor: OutTensor) -> Any:
                 if not count:
                     raise LayoutError(f"{segment.path}: ended at byte {segment.begin + offset - start} while being read (changed on disk?)")
                 offset += count
-    return _decode(raw, tensor.dtype).reshape(tensor.shape)
+    return raw
 
 
 def _decode(raw: Any, dtype: str) -> Any:
