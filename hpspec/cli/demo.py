@@ -34,7 +34,7 @@ from hpspec.report.compare import Comparison, ImageColumn, write_comparison
 from hpspec.report.html import write_stage_report
 from hpspec.report.images import encode_images
 from hpspec.stages.distill import distill_demo
-from hpspec.stages.engine import StageOptions, resolve_model
+from hpspec.stages.engine import DistillOptions, StageOptions, resolve_model
 from hpspec.stages.pipeline import compile_model, load_stage_plan
 from hpspec.stages.quantize import quantize_dir
 
@@ -109,7 +109,7 @@ def run_demo(
     for method in METHOD_ORDER:
         say(f"3/4 suggest + compile: {method} at keep {keep}")
         spec = _suggest(method, table_path, keep, out)
-        pruned_dir = _compile(spec, out / method, force)
+        pruned_dir = _compile(spec, out / method, table_path, force)
         say(f"4/4 evaluate: {method}")
         rows.append(run.evaluate(method, spec, pruned_dir))
         if method == "hierarchical":
@@ -227,11 +227,13 @@ def _suggest(method: str, table_path: Path, keep: float, out: Path) -> Path:
     return spec
 
 
-def _compile(spec: Path, out: Path, force: bool) -> Path:
+def _compile(spec: Path, out: Path, table: Path, force: bool) -> Path:
+    """`hpspec compile SPEC --model demo --out OUT --sensitivity TABLE`: the prune stage, with its report."""
     model = resolve_model("demo")
     plan, _ = load_stage_plan(str(spec), model)
     write_text_atomic(out.with_suffix(".plan.json"), plan.to_json())
-    result = compile_model(plan, model, out, force=force, options=StageOptions(report=write_stage_report), progress=False, model_label="demo")
+    options = StageOptions(distill=DistillOptions(sensitivity=str(table)), report=write_stage_report)  # the table: for the report
+    result = compile_model(plan, model, out, force=force, options=options, progress=False, model_label="demo")
     return result.results[0].out  # the prune stage's directory
 
 

@@ -119,8 +119,7 @@ def test_every_stage_folder_has_its_report(run: DemoRun) -> None:
     for stage in stages:
         report = (run.out / stage / REPORT_NAME).read_text()
         assert report.startswith("<!DOCTYPE html>") and 'id="block-map"' in report
-    for stage in ("hierarchical/distilled", "hierarchical/quantized-int4"):  # they used the table
-        assert 'id="sensitivity"' in (run.out / stage / REPORT_NAME).read_text()
+        assert 'id="sensitivity"' in report  # the table the demo measured, crossed where the plan drops
 
 
 def test_the_page_is_one_self_contained_file(run: DemoRun) -> None:
