@@ -170,8 +170,8 @@ def _joined(name: str, parts: Sequence[OutTensor], where: str) -> OutTensor:
 
 def layout_tensors(model: Model, to: str) -> list[OutTensor]:
     """The output tensors of `model` in layout `to` (diffusers, bfl, sai, comfyui), in file order."""
-    if to == DIFFUSERS:
-        return [model.tensors[n] for n in sorted(model.tensors)]
+    if to == DIFFUSERS:  # in source order: the copy reads each file front to back, in few runs
+        return sorted(model.tensors.values(), key=lambda t: (str(t.segments[0].path), t.segments[0].begin) if t.segments else ("", 0))
     rule = key_map_of_family(model.family)
     prefix = ""
     if to in {r.name for r in layouts().prefixes}:

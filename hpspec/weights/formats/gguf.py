@@ -1,10 +1,11 @@
 """gguf: GGUF files as ComfyUI-GGUF (city96) and diffusers read them, written and read streamed.
 
 Written: architecture key `flux` or `sd3`, tensor names in the original layout (bfl, sai), one
-tensor at a time: read its byte ranges, cast to float32, quantize with the `gguf` package's own
-`gguf.quants.quantize`, write, drop (peak memory: about the largest tensor, in float32, twice).
+tensor at a time and a few MB of its rows at a time: read the byte ranges, cast to float32,
+quantize with the `gguf` package's own `gguf.quants.quantize`, write (peak memory: tens of MB,
+whatever the model's size; bytes already in the wanted type are copied as they are).
 Which tensors stay unquantized follows city96's converter and llama.cpp patch: 1-D and tiny
-tensors in F32, the embedders and the final layer, and anything not 2-D or whose rows do not fill
+tensors in F32 (F16 for float16 sources), the embedders and the final layer, and anything not 2-D or whose rows do not fill
 whole quantization blocks, in the float type of the source (F16 for float32 sources).
 
 Read: the header through `gguf.GGUFReader`; tensors are byte ranges of the file, so renaming and
@@ -35,6 +36,7 @@ from hpspec.model.formats.keymap import block_indices, renumber
 from hpspec.model.formats.rules import key_map_of_family
 from hpspec.weights.checkpoint.layout import OutTensor, Segment
 from hpspec.weights.formats.convert import (
+    METADATA_CONFIG,
     Model,
     atomic_file,
     byte_range,
@@ -49,7 +51,6 @@ KEEP = {  # name prefixes kept unquantized, per architecture (city96's llama.cpp
     "flux": ("txt_in.", "img_in.", "time_in.", "vector_in.", "guidance_in.", "final_layer."),
     "sd3": ("final_layer.", "t_embedder.", "y_embedder.", "x_embedder.", "context_embedder.", "pos_embed"),
 }
-METADATA_CONFIG = "hpspec.config"
 SAME_TYPE = {"F32": "f32", "F16": "f16", "BF16": "bf16"}  # safetensors dtype -> the GGML type of the same bytes
 CHUNK_ELEMENTS = 4 << 20  # rows are read, cast and quantized about this many elements at a time
 
