@@ -8,9 +8,10 @@ import json
 import os
 import shlex
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING
 
 from hpspec.core.errors import SpecError, UsageError
 from hpspec.core.io import read_json_input, write_text_atomic
@@ -37,7 +38,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     analyze.add_argument("--prompts", metavar="FILE", help="one prompt a line (default: the demo's fixed set)")
     analyze.add_argument("--seeds", type=int, default=1, help="seeds per prompt (0, 1, ...)")
     analyze.add_argument("--steps", type=int, help="sampling steps (default: the generator's)")
-    analyze.add_argument("--import-reference", metavar="FILE", help="the reference code's released table (BLOCK<tab>PART: score)")
+    analyze.add_argument(
+        "--import-reference", metavar="FILE", help="the reference code's released table (BLOCK<tab>PART: score)"
+    )
     analyze.add_argument("--full-score", type=float, help="the unpruned model's score (with --import-reference)")
     analyze.add_argument("--scorer", default="hpsv2", help="the metric the imported table measured")
     analyze.add_argument("--target", help="the model the table was measured on")
@@ -95,8 +98,17 @@ class SuggestRequest:
     position_weight: bool = False
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "SuggestRequest":
-        return cls(args.method, args.target, args.sensitivity, args.keep, args.blocks, args.within, args.exclude, args.position_weight)
+    def from_args(cls, args: argparse.Namespace) -> SuggestRequest:
+        return cls(
+            args.method,
+            args.target,
+            args.sensitivity,
+            args.keep,
+            args.blocks,
+            args.within,
+            args.exclude,
+            args.position_weight,
+        )
 
     def command_line(self) -> str:
         """The command that writes this spec again (the table by its file name)."""
@@ -214,14 +226,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     text = json.dumps(result, indent=2, sort_keys=True) + "\n"
     if args.output:
         write_text_atomic(Path(args.output), text)
-    sys.stdout.write(text if args.json else format_result(result) + f"\nparameters             {result['parameters']:,}\n")
+    sys.stdout.write(
+        text if args.json else format_result(result) + f"\nparameters             {result['parameters']:,}\n"
+    )
     return 0
 
 
-def _loader(load_pretrained: Callable[[Path], "nn.Module"]) -> Callable[[Path], "nn.Module"]:
+def _loader(load_pretrained: Callable[[Path], nn.Module]) -> Callable[[Path], nn.Module]:
     """hpspec's loader for pruned stage directories (they carry plan.json), diffusers' otherwise."""
 
-    def load(path: Path) -> "nn.Module":
+    def load(path: Path) -> nn.Module:
         from hpspec.demo.model import load_demo_transformer  # torch
 
         return load_pretrained(path) if (path / PLAN_NAME).is_file() else load_demo_transformer(path)

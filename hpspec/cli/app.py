@@ -1,8 +1,9 @@
 """The `hpspec` command: a thin shell over the library.
 
 Exit codes: 0 success (warnings allowed unless --strict), 1 spec or input errors, 2 usage.
-Each command group registers itself from its own module; commands that need torch import it
-inside their handler, so `check`, `plan`, `graph`, `fmt` and `diff` stay fast.
+check, plan and graph live here; every other command group registers itself from its own module,
+which is imported only when one of its commands runs (`hpspec.cli.groups`), and commands that need
+torch import it inside their handler, so `check`, `plan`, `graph`, `fmt` and `diff` stay fast.
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
-from hpspec.cli.groups import REGISTRARS
+from hpspec.cli.groups import registrars
 from hpspec.cli.output import write_output
 from hpspec.core.diagnostics import Diagnostic
 from hpspec.core.errors import HpspecError, SpecError, UsageError
@@ -32,20 +33,21 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser for `argv` (default: this process's): the core commands and the groups it needs."""
     parser = _Parser(prog="hpspec", description="Compile compression specs for diffusion transformers.")
     parser.add_argument("--version", action="version", version=f"hpspec {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
     _register_core(commands)
-    for register in REGISTRARS:  # the other command groups, in the order --help lists them
+    for register in registrars(list(sys.argv[1:] if argv is None else argv)):  # in --help order
         register(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser(argv).parse_args(argv)
         handler: Handler = args.handler
         return handler(args)
     except SpecError as error:

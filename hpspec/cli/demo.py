@@ -16,9 +16,10 @@ import json
 import shutil
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from hpspec.cli.analysis import SuggestRequest, suggested_spec
 from hpspec.core.errors import HpspecError
@@ -63,7 +64,9 @@ class Row:
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    demo = commands.add_parser("demo", help="the whole method on the embedded demo model: analyze, suggest, compile, evaluate")
+    demo = commands.add_parser(
+        "demo", help="the whole method on the embedded demo model: analyze, suggest, compile, evaluate"
+    )
     demo.add_argument("--out", default=DEFAULT_OUT, help="where the tables, specs, plans and models go")
     demo.add_argument("--keep", type=float, default=DEFAULT_KEEP, help="fraction of parameters every method keeps")
     demo.add_argument("--force", action="store_true", help="re-measure and recompile")
@@ -105,7 +108,18 @@ def run_demo(
     reference = evaluate(original, subject.scorer, prompt_list, list(seeds))
     write_text_atomic(out / "eval-original.json", dumps_json(reference))
     run = DemoRun(out, subject, prompt_list, tuple(seeds), reference, table_path, force)
-    rows = [Row("original", Path("-"), 1.0, _bytes_of(subject.transformer), _metrics(reference), None, None, original.encoded())]
+    rows = [
+        Row(
+            "original",
+            Path("-"),
+            1.0,
+            _bytes_of(subject.transformer),
+            _metrics(reference),
+            None,
+            None,
+            original.encoded(),
+        )
+    ]
     for method in METHOD_ORDER:
         say(f"3/4 suggest + compile: {method} at keep {keep}")
         spec = _suggest(method, table_path, keep, out)
@@ -124,9 +138,9 @@ class FirstBatch:
 
     def __init__(self, inner: Generator) -> None:
         self.inner = inner
-        self.first: "torch.Tensor | None" = None
+        self.first: torch.Tensor | None = None
 
-    def generate(self, prompts: Sequence[str], seed: int) -> "torch.Tensor":
+    def generate(self, prompts: Sequence[str], seed: int) -> torch.Tensor:
         images = self.inner.generate(prompts, seed)
         if self.first is None:
             self.first = images
@@ -152,14 +166,27 @@ class DemoRun:
         """Load a stage directory, evaluate it against the original, keep its first images."""
         from hpspec.weights.load import load_pretrained  # torch
 
-        model: "nn.Module" = load_pretrained(model_dir)
+        model: nn.Module = load_pretrained(model_dir)
         generator = FirstBatch(self.subject.generator_for(model))
         result = evaluate(generator, self.subject.scorer, self.prompts, list(self.seeds), self.reference)
         slug = "-".join(w for w in method.replace("+", " ").split())
         write_text_atomic(self.out / f"eval-{slug}.json", dumps_json(result))
         plan = load_plan_file(model_dir / PLAN_NAME)
-        nbytes = plan.bytes.after_quantize if plan.quantize is not None and plan.bytes.after_quantize else plan.bytes.after_prune
-        return Row(method, spec, plan.kept_fraction, nbytes, _metrics(result), float(result["degradation"]), model_dir, generator.encoded())
+        nbytes = (
+            plan.bytes.after_quantize
+            if plan.quantize is not None and plan.bytes.after_quantize
+            else plan.bytes.after_prune
+        )
+        return Row(
+            method,
+            spec,
+            plan.kept_fraction,
+            nbytes,
+            _metrics(result),
+            float(result["degradation"]),
+            model_dir,
+            generator.encoded(),
+        )
 
 
 def _repaired_rows(run: DemoRun, spec: Path, pruned: Path, steps: int, say: Callable[[str], object]) -> list[Row]:
@@ -232,7 +259,9 @@ def _compile(spec: Path, out: Path, table: Path, force: bool) -> Path:
     model = resolve_model("demo")
     plan, _ = load_stage_plan(str(spec), model)
     write_text_atomic(out.with_suffix(".plan.json"), plan.to_json())
-    options = StageOptions(distill=DistillOptions(sensitivity=str(table)), report=write_stage_report)  # the table: for the report
+    options = StageOptions(
+        distill=DistillOptions(sensitivity=str(table)), report=write_stage_report
+    )  # the table: for the report
     result = compile_model(plan, model, out, force=force, options=options, progress=False, model_label="demo")
     return result.results[0].out  # the prune stage's directory
 
@@ -241,7 +270,7 @@ def _metrics(result: dict[str, Any]) -> dict[str, float]:
     return {name: float(result[name]) for name in result["metrics"]}
 
 
-def _bytes_of(module: "nn.Module") -> int:
+def _bytes_of(module: nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in module.parameters())
 
 
@@ -285,7 +314,12 @@ def table_text(rows: Sequence[Row]) -> str:
 def comparison(rows: Sequence[Row], run: DemoRun, keep: float) -> Comparison:
     """The demo's page: the table, each method's block map, the heatmap, every model's images."""
     notes = any(r.note for r in rows)
-    plans = [(m, load_plan_file(r.model_dir / PLAN_NAME)) for m in METHOD_ORDER for r in rows if r.method == m and r.model_dir]
+    plans = [
+        (m, load_plan_file(r.model_dir / PLAN_NAME))
+        for m in METHOD_ORDER
+        for r in rows
+        if r.method == m and r.model_dir
+    ]
     return Comparison(
         title="hpspec demo: HierarchicalPrune, KOALA and BK-SDM at one budget",
         subtitle=f"the embedded demo model; {len(run.prompts)} prompts, seeds {', '.join(map(str, run.seeds))}",
@@ -300,7 +334,11 @@ def comparison(rows: Sequence[Row], run: DemoRun, keep: float) -> Comparison:
             "+ distill and + distill + nf4/int4 start from HierarchicalPrune's selection; "
             "each stage folder has its own report.html.",
         ],
-        badges=[f"every method keeps under {keep:.0%} of the parameters", f"{len(rows)} models compared", "offline, on a CPU"],
+        badges=[
+            f"every method keeps under {keep:.0%} of the parameters",
+            f"{len(rows)} models compared",
+            "offline, on a CPU",
+        ],
         kicker="hpspec demo",
         text_columns=frozenset({"note"}),
     )

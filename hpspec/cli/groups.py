@@ -1,28 +1,61 @@
 """The command groups beyond check/plan/graph, in the order `hpspec --help` lists them.
 
-Each entry is a function that adds its subcommands to the parser; a group imports its heavy
-dependencies (torch, diffusers) inside its handlers, never at import time.
+Each group is a module of `hpspec.cli` with a `register(commands)` that adds its subcommands.
+A command's group is imported when that command runs (`COMMANDS` says which group holds which
+command), so `hpspec check` does not pay for importing the stages, the method and the report;
+`hpspec --help`, `--version` and a misspelt command load every group.
+
+    >>> [module.__name__ for module in group_modules("fmt")]
+    ['hpspec.cli.review']
+    >>> group_modules("check")
+    []
 """
 
 from __future__ import annotations
 
 import argparse
-from typing import Callable
+import importlib
+from collections.abc import Callable
+from types import ModuleType
 
-from hpspec.cli import analysis as cli_analysis
-from hpspec.cli import demo as cli_demo
-from hpspec.cli import distill as cli_distill
-from hpspec.cli import quantize as cli_quantize
-from hpspec.cli import review as cli_review
-from hpspec.cli import report as cli_report
-from hpspec.cli import stages as cli_stages
+Registrar = Callable[[argparse._SubParsersAction], None]
 
-REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [
-    cli_analysis.register,
-    cli_demo.register,
-    cli_review.register,
-    cli_report.register,
-    cli_stages.register,
-    cli_distill.register,
-    cli_quantize.register,
-]
+CORE = ("check", "plan", "graph")
+"""The commands `hpspec.cli.app` registers itself: they load no group."""
+
+GROUPS = ("analysis", "demo", "review", "report", "stages", "distill", "quantize")
+"""Every group, in the order `hpspec --help` lists its commands."""
+
+COMMANDS = {
+    "analyze": "analysis",
+    "suggest": "analysis",
+    "eval": "analysis",
+    "demo": "demo",
+    "fmt": "review",
+    "diff": "review",
+    "init": "review",
+    "report": "report",
+    "compile": "stages",
+    "prune": "stages",
+    "distill": "distill",
+    "quantize": "quantize",
+}
+"""Which group registers each command (a test checks it against what the groups register)."""
+
+
+def group_modules(command: str | None) -> list[ModuleType]:
+    """The group modules to register for `command`: its own group, or all of them."""
+    if command in CORE:
+        return []
+    names = (COMMANDS[command],) if command in COMMANDS else GROUPS
+    return [importlib.import_module(f"hpspec.cli.{name}") for name in names]
+
+
+def command_word(argv: list[str]) -> str | None:
+    """The subcommand named on a command line: its first word that is not an option."""
+    return next((word for word in argv if not word.startswith("-")), None)
+
+
+def registrars(argv: list[str]) -> list[Registrar]:
+    """The `register` functions of the groups the command line `argv` needs."""
+    return [module.register for module in group_modules(command_word(argv))]

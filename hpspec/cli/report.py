@@ -17,7 +17,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     report = commands.add_parser("report", help="write one self-contained HTML page that shows a plan")
     report.add_argument("plan", metavar="PLAN", help="a plan JSON (`hpspec plan --format json`), or a spec to compile")
     report.add_argument("--sensitivity", metavar="TABLE", help="a sensitivity table: adds the heatmap")
-    report.add_argument("--eval", dest="evaluation", metavar="FILE", help="`hpspec eval` JSON, optionally with an image grid")
+    report.add_argument(
+        "--eval", dest="evaluation", metavar="FILE", help="`hpspec eval` JSON, optionally with an image grid"
+    )
     report.add_argument("--evidence", metavar="FILE", help="a JSON list of rows comparing methods or configurations")
     report.add_argument("--against", metavar="OLD_PLAN", help="an older plan (or spec): adds the semantic diff")
     report.add_argument("--target", help="compile spec inputs for this target instead of their own")
@@ -27,6 +29,8 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    inputs = load_inputs(args.plan, args.sensitivity, args.evaluation, args.evidence, args.against, args.target, args.scales)
+    inputs = load_inputs(
+        args.plan, args.sensitivity, args.evaluation, args.evidence, args.against, args.target, args.scales
+    )
     write_output(render_report(inputs), args.output)
     return 0

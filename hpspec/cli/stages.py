@@ -26,9 +26,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     compile_.add_argument("--force", action="store_true", help="redo finished stages")
     compile_.add_argument("--no-report", dest="report", action="store_false", help="skip each stage's report.html")
     compile_.add_argument("--verify", action="store_true", help=VERIFY_HELP)
-    compile_.add_argument("--data", metavar="SOURCE", help="distillation data: `demo`, or a folder of latents (docs/distill.md)")
+    compile_.add_argument(
+        "--data", metavar="SOURCE", help="distillation data: `demo`, or a folder of latents (docs/distill.md)"
+    )
     compile_.add_argument("--teacher", metavar="DIR", help="the distillation teacher (default: --model, the original)")
-    compile_.add_argument("--sensitivity", metavar="TABLE", help="sensitivity table for SGDistill (wins over the spec's table=)")
+    compile_.add_argument(
+        "--sensitivity", metavar="TABLE", help="sensitivity table for SGDistill (wins over the spec's table=)"
+    )
     compile_.set_defaults(handler=cmd_compile)
 
     prune = commands.add_parser("prune", help="the prune stage alone: a checkpoint into a pruned checkpoint")
@@ -46,8 +50,12 @@ def cmd_compile(args: argparse.Namespace) -> int:
     plan, warnings = load_stage_plan(args.spec, model, args.target)
     sys.stderr.write(warnings)
     distill = DistillOptions(data=args.data, teacher=args.teacher or args.model, sensitivity=args.sensitivity)
-    options = StageOptions(PruneOptions(verify=args.verify), distill, report=write_stage_report if args.report else None)
-    result = compile_model(plan, model, Path(args.out), force=args.force, options=options, model_label=args.model, target=args.target)
+    options = StageOptions(
+        PruneOptions(verify=args.verify), distill, report=write_stage_report if args.report else None
+    )
+    result = compile_model(
+        plan, model, Path(args.out), force=args.force, options=options, model_label=args.model, target=args.target
+    )
     report(result)
     return 0
 

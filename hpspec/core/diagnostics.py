@@ -7,8 +7,9 @@ Plain frozen data (spans, diagnostics, a sink that collects them) and the helper
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable, Literal
+from typing import Literal
 
 Severity = Literal["error", "warning"]
 

@@ -7,9 +7,10 @@ at a file, line and column and say what would have been valid.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from hpspec.core.diagnostics import Diagnostic
+
 
 class HpspecError(Exception):
     """Base of every error hpspec raises on purpose. `exit_code` is what the CLI returns."""

@@ -10,9 +10,10 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from hpspec.core import faults
 from hpspec.core.errors import HpspecError
@@ -121,7 +122,9 @@ def atomic_directory(out: Path, force: bool = False) -> Iterator[Path]:
         _fsync_dir(out.parent)
     except OSError as error:  # a full disk, a lost mount: said in one line, nothing left at `out`
         _abandon(tmp, aside, out)
-        where = f" ({os.fsdecode(error.filename).replace(str(tmp), str(out))})" if error.filename else ""  # as it would be named
+        where = (
+            f" ({os.fsdecode(error.filename).replace(str(tmp), str(out))})" if error.filename else ""
+        )  # as it would be named
         raise HpspecError(f"{out}: cannot write: {error.strerror or error}{where}") from None
     except BaseException:
         _abandon(tmp, aside, out)

@@ -16,14 +16,22 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from hpspec.demo.paths import CLASSIFIER_FILE, DEMO_DIR, REAL_STATS_FILE, TRAINING_RECORD, TRANSFORMER_DIR, WEIGHTS_DIR, transformer_dir
+from hpspec.demo.paths import (
+    CLASSIFIER_FILE,
+    DEMO_DIR,
+    REAL_STATS_FILE,
+    TRAINING_RECORD,
+    TRANSFORMER_DIR,
+    WEIGHTS_DIR,
+    transformer_dir,
+)
 from hpspec.demo.prompts import PROMPTS_FILE, default_prompts, digit_of, read_prompts
 
 if TYPE_CHECKING:
-    from hpspec.demo.model import load_demo_transformer
-    from hpspec.demo.sampler import DemoGenerator
-    from hpspec.demo.scorer import DemoScorer
-    from hpspec.demo.text import load_text_encoder
+    from hpspec.demo.model import load_demo_transformer as load_demo_transformer
+    from hpspec.demo.sampler import DemoGenerator as DemoGenerator
+    from hpspec.demo.scorer import DemoScorer as DemoScorer
+    from hpspec.demo.text import load_text_encoder as load_text_encoder
 
 _LAZY = {
     "load_demo_transformer": "hpspec.demo.model",

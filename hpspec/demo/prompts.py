@@ -9,7 +9,16 @@ import re
 from pathlib import Path
 
 DIGIT_WORDS: tuple[str, ...] = (
-    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
 )
 
 # Words and numerals both, so the text encoder (not a label lookup) has to carry the digit.

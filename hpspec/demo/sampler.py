@@ -6,8 +6,8 @@ and sampling integrates from t = 1 (noise) to t = 0 (image).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -111,11 +111,11 @@ class DemoGenerator:
         self.batch_size = batch_size
 
     @classmethod
-    def from_dir(cls, path: str | Path | None = None, **kwargs: object) -> "DemoGenerator":
+    def from_dir(cls, path: str | Path | None = None, **kwargs: object) -> DemoGenerator:
         """A generator on a plain diffusers transformer directory (the shipped one by default)."""
         return cls(load_demo_transformer(path), **kwargs)  # type: ignore[arg-type]
 
-    def with_skipped(self, skip_layers: Sequence[int]) -> "DemoGenerator":
+    def with_skipped(self, skip_layers: Sequence[int]) -> DemoGenerator:
         """The same model and settings with other blocks skipped."""
         return DemoGenerator(
             self.transformer,

@@ -15,8 +15,8 @@ Both are higher-is-better and lie in [0, 1].
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -37,9 +37,7 @@ class DigitClassifier(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.body = nn.Sequential(
-            nn.Linear(PIXELS, HIDDEN), nn.GELU(), nn.Linear(HIDDEN, FEATURES), nn.GELU()
-        )
+        self.body = nn.Sequential(nn.Linear(PIXELS, HIDDEN), nn.GELU(), nn.Linear(HIDDEN, FEATURES), nn.GELU())
         self.head = nn.Linear(FEATURES, 10)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
@@ -75,9 +73,7 @@ def _sqrt_psd(matrix: torch.Tensor) -> torch.Tensor:
     return (vectors * values.clamp(min=0).sqrt()) @ vectors.T
 
 
-def frechet_distance(
-    mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor, sigma2: torch.Tensor
-) -> float:
+def frechet_distance(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor, sigma2: torch.Tensor) -> float:
     """FD between N(mu1, sigma1) and N(mu2, sigma2).
 
     tr((S1 S2)^(1/2)) is computed as tr((S1^(1/2) S2 S1^(1/2))^(1/2)), a symmetric PSD matrix, so

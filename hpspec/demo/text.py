@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -26,20 +27,18 @@ class TextEncoding:
     def __len__(self) -> int:
         return self.states.shape[0]
 
-    def index(self, rows: torch.Tensor) -> "TextEncoding":
+    def index(self, rows: torch.Tensor) -> TextEncoding:
         return TextEncoding(self.states[rows], self.pooled[rows])
 
     @staticmethod
-    def cat(parts: Sequence["TextEncoding"]) -> "TextEncoding":
-        return TextEncoding(
-            torch.cat([p.states for p in parts]), torch.cat([p.pooled for p in parts])
-        )
+    def cat(parts: Sequence[TextEncoding]) -> TextEncoding:
+        return TextEncoding(torch.cat([p.states for p in parts]), torch.cat([p.pooled for p in parts]))
 
 
 class TextEncoder:
     """Prompts -> TextEncoding; the empty prompt is the unconditional (CFG) input."""
 
-    def __init__(self, tokenizer: "PreTrainedTokenizerBase", model: "PreTrainedModel") -> None:
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -> None:
         self.tokenizer = tokenizer
         self.model = model.eval().requires_grad_(False)
 

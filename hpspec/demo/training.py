@@ -9,8 +9,8 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -52,13 +52,11 @@ class PromptBank:
     templates: int
 
     @classmethod
-    def build(cls, encoder: TextEncoder) -> "PromptBank":
+    def build(cls, encoder: TextEncoder) -> PromptBank:
         prompts = [p for d in range(10) for p in prompts_for(d)]
         return cls(encoder.encode(prompts), encoder.encode([""]), len(TRAIN_TEMPLATES))
 
-    def draw(
-        self, labels: torch.Tensor, dropout: float, gen: torch.Generator
-    ) -> TextEncoding:
+    def draw(self, labels: torch.Tensor, dropout: float, gen: torch.Generator) -> TextEncoding:
         """A random template per label; with probability `dropout`, the empty prompt instead."""
         n = labels.shape[0]
         rows = labels * self.templates + torch.randint(0, self.templates, (n,), generator=gen)
@@ -92,9 +90,7 @@ class EpochSampler:
         return batch
 
 
-def flow_matching_loss(
-    model: nn.Module, x0: torch.Tensor, text: TextEncoding, gen: torch.Generator
-) -> torch.Tensor:
+def flow_matching_loss(model: nn.Module, x0: torch.Tensor, text: TextEncoding, gen: torch.Generator) -> torch.Tensor:
     """MSE between the predicted and the true velocity eps - x0 at logit-normal times (SD3)."""
     n = x0.shape[0]
     t = torch.sigmoid(torch.randn(n, generator=gen))
@@ -126,9 +122,7 @@ def train_transformer(
     start, running, last_loss = time.perf_counter(), 0.0, float("nan")
     for step in range(cfg.steps):
         rows = batches.next()
-        loss = flow_matching_loss(
-            model, images[rows], bank.draw(labels[rows], cfg.cond_dropout, gen), gen
-        )
+        loss = flow_matching_loss(model, images[rows], bank.draw(labels[rows], cfg.cond_dropout, gen), gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -144,9 +138,7 @@ def train_transformer(
     return ema, {"seconds": seconds, "final_loss": last_loss}
 
 
-def train_classifier(
-    seed: int = 0, epochs: int = 600, log: Log = print
-) -> tuple[DigitClassifier, dict[str, float]]:
+def train_classifier(seed: int = 0, epochs: int = 600, log: Log = print) -> tuple[DigitClassifier, dict[str, float]]:
     """Full-batch training on 80% of the digits; accuracy measured on the held-out 20%."""
     from sklearn.model_selection import train_test_split
 

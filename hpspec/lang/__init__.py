@@ -1,2 +1,1 @@
-"""The language: grammar loading, the syntax tree, parse and fmt. Imports `core` only.
-"""
+"""The language: grammar loading, the syntax tree, parse and fmt. Imports `core` only."""

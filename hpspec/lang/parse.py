@@ -73,7 +73,9 @@ def grammar_text() -> str:
 @lru_cache(maxsize=1)
 def _parser() -> Lark:
     # The analysed LALR tables are cached, so a cold `hpspec check` process skips grammar analysis.
-    return Lark(grammar_text(), parser="lalr", propagate_positions=True, maybe_placeholders=True, cache=_grammar_cache())
+    return Lark(
+        grammar_text(), parser="lalr", propagate_positions=True, maybe_placeholders=True, cache=_grammar_cache()
+    )
 
 
 def _grammar_cache() -> str | bool:
@@ -195,7 +197,9 @@ def _parse_chunk(chunk: _Chunk, sink: DiagnosticSink) -> s.Statement | None:
 
 
 def _refuse_long_number(tree: Tree[Token], chunk: _Chunk, sink: DiagnosticSink) -> bool:
-    numbers = tree.scan_values(lambda v: isinstance(v, Token) and v.type in ("INT", "NUMBER") and len(v) > MAX_NUMBER_CHARS)
+    numbers = tree.scan_values(
+        lambda v: isinstance(v, Token) and v.type in ("INT", "NUMBER") and len(v) > MAX_NUMBER_CHARS
+    )
     token = next(iter(numbers), None)
     if token is None:
         return False
@@ -266,7 +270,11 @@ def _chunk_span(chunk: _Chunk, column: int, end_column: int) -> Span:
     """A span from 1-based columns within a chunk."""
     start = chunk.offset + column - 1
     return Span(
-        chunk.line, chunk.column + column - 1, chunk.line, chunk.column + end_column - 1, start,
+        chunk.line,
+        chunk.column + column - 1,
+        chunk.line,
+        chunk.column + end_column - 1,
+        start,
         start + end_column - column,
     )
 
@@ -309,7 +317,10 @@ class _Builder:
         scheme, exceptions, *options = tree.children
         excepted = tuple(self.exception(c) for c in _tree(exceptions).children) if exceptions is not None else ()
         return s.Quantize(
-            s.Name(str(scheme), self.span(scheme)), excepted, tuple(self.option(_tree(c)) for c in options), self.span(tree)
+            s.Name(str(scheme), self.span(scheme)),
+            excepted,
+            tuple(self.option(_tree(c)) for c in options),
+            self.span(tree),
         )
 
     def item(self, node: Node) -> s.Selector | s.String | s.Auto:

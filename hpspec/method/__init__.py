@@ -1,2 +1,1 @@
-"""The method's measuring and training stages: analyze, sensitivity, suggest, distill, evaluate.
-"""
+"""The method's measuring and training stages: analyze, sensitivity, suggest, distill, evaluate."""

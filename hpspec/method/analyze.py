@@ -16,17 +16,18 @@ from __future__ import annotations
 import copy
 import json
 import os
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
-from hpspec.plan.check import check
-from hpspec.model.graph import ModelGraph, graph_from_module
 from hpspec.core.io import write_text_atomic
 from hpspec.lang.parse import parse
-from hpspec.plan.compile import compile_plan
 from hpspec.method.evaluate import Generator, Scorer, evaluate
 from hpspec.method.sensitivity import Cosine, Entry, ScorerInfo, SensitivityTable, TargetRef, settings_hash
+from hpspec.model.graph import ModelGraph, graph_from_module
+from hpspec.plan.check import check
+from hpspec.plan.compile import compile_plan
 
 if TYPE_CHECKING:
     import torch
@@ -38,9 +39,9 @@ class Subject:
     """What analysis measures: a transformer, how to generate with it, and how to score."""
 
     name: str
-    transformer: "nn.Module"
-    generator_for: Callable[["nn.Module"], "Generator"]
-    scorer: "Scorer"
+    transformer: nn.Module
+    generator_for: Callable[[nn.Module], Generator]
+    scorer: Scorer
     scorer_name: str
 
 
@@ -80,7 +81,7 @@ def removals(graph: ModelGraph, parts: bool) -> list[Removal]:
     return items
 
 
-def remove(transformer: "nn.Module", graph: ModelGraph, removal: Removal) -> "nn.Module":
+def remove(transformer: nn.Module, graph: ModelGraph, removal: Removal) -> nn.Module:
     """A copy of the transformer with one block or part removed, through spec -> plan -> apply."""
     from hpspec.weights.prune import apply  # torch
 
@@ -122,7 +123,9 @@ def analyze(
     mine = [r for i, r in enumerate(todo) if i % world == rank and r.key not in done]
     for removal in _progress(mine, progress, rank):
         pruned = remove(subject.transformer, graph, removal)
-        metrics = measure(Subject(subject.name, pruned, subject.generator_for, subject.scorer, subject.scorer_name), settings)
+        metrics = measure(
+            Subject(subject.name, pruned, subject.generator_for, subject.scorer, subject.scorer_name), settings
+        )
         _append(partial, digest, removal.key, {"metrics": metrics})
         done[removal.key] = {"metrics": metrics}
     barrier()
@@ -137,7 +140,9 @@ def analyze(
     return table
 
 
-def _table(subject: Subject, graph: ModelGraph, settings: Settings, todo: Sequence[Removal], full: dict, done: dict) -> SensitivityTable:
+def _table(
+    subject: Subject, graph: ModelGraph, settings: Settings, todo: Sequence[Removal], full: dict, done: dict
+) -> SensitivityTable:
     full_score = score_of(full["metrics"])
     entries = []
     for removal in todo:
@@ -200,7 +205,7 @@ def _append(path: Path, digest: str, key: str, value: dict) -> None:
 class cosine_recorder:
     """Forward hooks on every block; `()` returns [{stack, block, value}] averaged over calls."""
 
-    def __init__(self, transformer: "nn.Module", graph: ModelGraph):
+    def __init__(self, transformer: nn.Module, graph: ModelGraph):
         self.transformer, self.graph = transformer, graph
         self.sums: dict[tuple[str, int], list[float]] = {}
         self.handles: list[Any] = []
@@ -217,7 +222,7 @@ class cosine_recorder:
             handle.remove()
 
     def _hook(self, stack: str, index: int) -> Callable[..., None]:
-        def hook(module: "nn.Module", args: tuple, kwargs: dict, output: Any) -> None:
+        def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
             before = kwargs.get("hidden_states", args[0] if args else None)
             after = output[-1] if isinstance(output, tuple) else output
             if before is None or after is None or before.shape != after.shape:
@@ -236,7 +241,7 @@ class cosine_recorder:
         return [s.name for s in self.graph.stacks].index(stack)
 
 
-def _mean_cosine(a: "torch.Tensor", b: "torch.Tensor") -> float:
+def _mean_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     import torch
 
     return float(torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=-1).mean())
@@ -246,7 +251,9 @@ def _mean_cosine(a: "torch.Tensor", b: "torch.Tensor") -> float:
 # Subjects
 
 
-def demo_subject(model_dir: Path | None = None, steps: int | None = None, guidance: float | None = None) -> tuple[Subject, dict[str, Any]]:
+def demo_subject(
+    model_dir: Path | None = None, steps: int | None = None, guidance: float | None = None
+) -> tuple[Subject, dict[str, Any]]:
     """The embedded demo (or a demo-shaped directory) with its digit scorer."""
     # torch, diffusers and the text encoder: imported when a demo is loaded
     from hpspec.demo.model import load_demo_transformer
@@ -258,7 +265,7 @@ def demo_subject(model_dir: Path | None = None, steps: int | None = None, guidan
     encoder = load_text_encoder()
     knobs = {"steps": steps or DEFAULT_STEPS, "guidance": guidance if guidance is not None else DEFAULT_GUIDANCE}
 
-    def generator_for(module: "nn.Module") -> "Generator":
+    def generator_for(module: nn.Module) -> Generator:
         return DemoGenerator(module, encoder, **knobs)
 
     return Subject("demo", transformer, generator_for, DemoScorer(), "demo-digits"), knobs

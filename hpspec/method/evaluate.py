@@ -20,8 +20,9 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from hpspec.core.paths import CONFIG_NAME
 from hpspec.demo import default_prompts, transformer_dir
@@ -36,14 +37,14 @@ LATENCY_KEY = "latency_s_per_image"
 
 @runtime_checkable
 class Generator(Protocol):
-    def generate(self, prompts: Sequence[str], seed: int) -> "torch.Tensor":
+    def generate(self, prompts: Sequence[str], seed: int) -> torch.Tensor:
         """(len(prompts), C, H, W) float images in [0, 1]; the same seed gives the same images."""
         ...
 
 
 @runtime_checkable
 class Scorer(Protocol):
-    def score(self, images: "torch.Tensor", prompts: Sequence[str]) -> dict[str, float]:
+    def score(self, images: torch.Tensor, prompts: Sequence[str]) -> dict[str, float]:
         """Metric name -> value in [0, 1], higher is better, over the whole batch."""
         ...
 
@@ -62,11 +63,7 @@ def relative_drops(metrics: Mapping[str, Any], reference: Mapping[str, Any]) -> 
     Either side may be a scorer's dict or a whole ``evaluate`` result.
     """
     now, ref = metric_values(metrics), metric_values(reference)
-    return {
-        name: (ref[name] - value) / ref[name]
-        for name, value in now.items()
-        if name in ref and ref[name] != 0
-    }
+    return {name: (ref[name] - value) / ref[name] for name, value in now.items() if name in ref and ref[name] != 0}
 
 
 def degradation(metrics: Mapping[str, Any], reference: Mapping[str, Any]) -> float:
@@ -163,12 +160,12 @@ class DiffusersPipelineGenerator:
         cls,
         model: str | Path,
         *,
-        transformer: "nn.Module | None" = None,
-        dtype: "torch.dtype | None" = None,
-        device: "str | torch.device | None" = None,
+        transformer: nn.Module | None = None,
+        dtype: torch.dtype | None = None,
+        device: str | torch.device | None = None,
         pipeline_kwargs: Mapping[str, Any] | None = None,
         **kwargs: Any,
-    ) -> "DiffusersPipelineGenerator":
+    ) -> DiffusersPipelineGenerator:
         """Loads a pipeline from a local directory or hub id (local files only when offline).
 
         ``pipeline_kwargs`` go to ``DiffusionPipeline.from_pretrained``: e.g. ``{"text_encoder_3":
@@ -181,15 +178,13 @@ class DiffusersPipelineGenerator:
             parts["transformer"] = transformer
         if dtype is not None:
             parts["torch_dtype"] = dtype
-        pipeline = DiffusionPipeline.from_pretrained(
-            str(model), local_files_only=_local_only(model), **parts
-        )
+        pipeline = DiffusionPipeline.from_pretrained(str(model), local_files_only=_local_only(model), **parts)
         if device is not None:
             pipeline = pipeline.to(device)
         pipeline.set_progress_bar_config(disable=True)
         return cls(pipeline, **kwargs)
 
-    def generate(self, prompts: Sequence[str], seed: int) -> "torch.Tensor":
+    def generate(self, prompts: Sequence[str], seed: int) -> torch.Tensor:
         import torch
 
         gen = torch.Generator(device="cpu").manual_seed(seed)
@@ -228,9 +223,7 @@ class CLIPScorer:
         self.batch_size = batch_size
 
     @classmethod
-    def from_pretrained(
-        cls, model: str | Path, *, device: "str | torch.device | None" = None
-    ) -> "CLIPScorer":
+    def from_pretrained(cls, model: str | Path, *, device: str | torch.device | None = None) -> CLIPScorer:
         from transformers import AutoTokenizer, CLIPModel
 
         local = _local_only(model)
@@ -239,7 +232,7 @@ class CLIPScorer:
             clip = clip.to(device)
         return cls(clip, AutoTokenizer.from_pretrained(str(model), local_files_only=local))
 
-    def _pixels(self, images: "torch.Tensor") -> "torch.Tensor":
+    def _pixels(self, images: torch.Tensor) -> torch.Tensor:
         import torch
         import torch.nn.functional as F
 
@@ -256,7 +249,7 @@ class CLIPScorer:
         std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
         return (x - mean) / std
 
-    def similarities(self, images: "torch.Tensor", prompts: Sequence[str]) -> "torch.Tensor":
+    def similarities(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         """Cosine similarity of each image with its own prompt, (N,)."""
         import torch
 
@@ -275,19 +268,17 @@ class CLIPScorer:
                     max_length=max_len,
                     return_tensors="pt",
                 ).to(device)
-                img = self.model.get_image_features(
-                    pixel_values=self._pixels(images[start:stop]).to(device)
-                )
+                img = self.model.get_image_features(pixel_values=self._pixels(images[start:stop]).to(device))
                 txt = self.model.get_text_features(**text)
                 img, txt = _embeds(img), _embeds(txt)
                 sims.append(torch.cosine_similarity(img, txt, dim=-1).float().cpu())
         return torch.cat(sims)
 
-    def score(self, images: "torch.Tensor", prompts: Sequence[str]) -> dict[str, float]:
+    def score(self, images: torch.Tensor, prompts: Sequence[str]) -> dict[str, float]:
         return {"clip_score": float(self.similarities(images, prompts).clamp(min=0).mean())}
 
 
-def _embeds(output: Any) -> "torch.Tensor":
+def _embeds(output: Any) -> torch.Tensor:
     """get_*_features returns a tensor in older transformers, an output object in newer ones."""
     return output if not hasattr(output, "pooler_output") else output.pooler_output
 
@@ -314,7 +305,7 @@ def evaluate_demo(
     seeds: Sequence[int] = DEFAULT_SEEDS,
     steps: int | None = None,
     guidance: float | None = None,
-    load_transformer: "Callable[[Path], nn.Module] | None" = None,
+    load_transformer: Callable[[Path], nn.Module] | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Evaluates a demo-shaped transformer directory (default: the shipped model) with the demo

@@ -21,9 +21,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from hpspec.core.errors import SensitivityError
 from hpspec.core.io import read_json_input
@@ -118,8 +119,14 @@ def table_from_json(data: Any, where: str) -> SensitivityTable:
     if not isinstance(data, dict):
         raise SensitivityError(f"{where}: a sensitivity table is a JSON object")
     if data.get("schema_version") != SCHEMA_VERSION:
-        hint = " (the reference's released table? import it with `hpspec analyze --import-reference`)" if _looks_like_reference(data) else ""
-        raise SensitivityError(f"{where}: schema_version {data.get('schema_version')!r}, expected {SCHEMA_VERSION}{hint}")
+        hint = (
+            " (the reference's released table? import it with `hpspec analyze --import-reference`)"
+            if _looks_like_reference(data)
+            else ""
+        )
+        raise SensitivityError(
+            f"{where}: schema_version {data.get('schema_version')!r}, expected {SCHEMA_VERSION}{hint}"
+        )
     try:
         table = SensitivityTable(
             target=TargetRef(**data["target"]),
@@ -152,7 +159,9 @@ def check_table_fits(table: SensitivityTable, graph: ModelGraph, where: str) -> 
     for entry in table.entries:
         stack = graph.stack(entry.stack)
         if stack is None or not 0 <= entry.block < len(stack):
-            raise SensitivityError(f"{where}: entry names {entry.stack}[{entry.block}], which {graph.name} does not have")
+            raise SensitivityError(
+                f"{where}: entry names {entry.stack}[{entry.block}], which {graph.name} does not have"
+            )
         if entry.part is not None and stack.blocks[entry.block].part(entry.part) is None:
             raise SensitivityError(f"{where}: {entry.stack}[{entry.block}] has no part {entry.part!r}")
 
@@ -167,7 +176,9 @@ class ImportReport:
     skipped: list[str]  # keys naming parts the model does not have, with why
 
 
-def import_reference(data: Any, graph: ModelGraph, full_score: float, where: str, scorer: str = "hpsv2") -> ImportReport:
+def import_reference(
+    data: Any, graph: ModelGraph, full_score: float, where: str, scorer: str = "hpsv2"
+) -> ImportReport:
     """Read `{"31<tab>ff": 30.79, ...}` (score after removal) into a table for `graph`.
 
     Reference part names become hpspec words through the architecture data (`reference` of each
@@ -175,21 +186,25 @@ def import_reference(data: Any, graph: ModelGraph, full_score: float, where: str
     context-pre-only) are skipped and reported.
     """
     if not isinstance(data, dict) or not data:
-        raise SensitivityError(f"{where}: expected a JSON object of \"BLOCK<tab>PART\": score")
+        raise SensitivityError(f'{where}: expected a JSON object of "BLOCK<tab>PART": score')
     if len(graph.stacks) != 1:
-        raise SensitivityError(f"{where}: the reference table format numbers one stack; {graph.name} has {len(graph.stacks)}")
+        raise SensitivityError(
+            f"{where}: the reference table format numbers one stack; {graph.name} has {len(graph.stacks)}"
+        )
     stack = graph.stacks[0]
     words = _reference_words(graph)
     entries, skipped = [], []
     for key, score in data.items():
         block_text, separator, name = str(key).partition(REFERENCE_SEPARATOR)
         if not separator or not block_text.strip().isdigit():
-            raise SensitivityError(f"{where}: key {key!r} is not \"BLOCK<tab>PART\"")
+            raise SensitivityError(f'{where}: key {key!r} is not "BLOCK<tab>PART"')
         if not isinstance(score, (int, float)) or isinstance(score, bool) or not math.isfinite(score):
             raise SensitivityError(f"{where}: key {key!r} has a non-numeric score {score!r}")
         block, name = int(block_text), name.strip()
         if name not in words:
-            raise SensitivityError(f"{where}: key {key!r}: unknown reference part {name!r}; known: {', '.join(sorted(words))}")
+            raise SensitivityError(
+                f"{where}: key {key!r}: unknown reference part {name!r}; known: {', '.join(sorted(words))}"
+            )
         if block >= len(stack):
             raise SensitivityError(f"{where}: key {key!r}: {graph.name} has blocks 0–{len(stack) - 1}")
         word = words[name]

@@ -19,14 +19,15 @@ running magnitude, so scaling gradients would be normalised away; scaling the le
 from __future__ import annotations
 
 import statistics
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from hpspec.core.errors import GuidanceError
+from hpspec.method.sensitivity import Entry, SensitivityTable
 from hpspec.model.graph import ModelGraph
 from hpspec.plan.plan import Plan
 from hpspec.plan.quantize_layout import under  # a name at or below one of some module paths
-from hpspec.method.sensitivity import Entry, SensitivityTable
 
 EPSILON_FRACTION = 0.05
 
@@ -69,7 +70,9 @@ def guidance(plan: Plan, graph: ModelGraph, table: SensitivityTable | None, trai
     if plan.distill.weight == "uniform":
         return Guidance({}, {"weight": "uniform"})
     if table is None:
-        raise GuidanceError("distill weight=sensitivity needs a sensitivity table: `table=` in the spec, or --sensitivity")
+        raise GuidanceError(
+            "distill weight=sensitivity needs a sensitivity table: `table=` in the spec, or --sensitivity"
+        )
     if plan.distill.mode == "binary":
         return _binary(plan, graph, table, trainable)
     return _inverse(plan, table, trainable)

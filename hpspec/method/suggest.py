@@ -21,15 +21,15 @@ All methods share the stopping rule. Kept fractions are counted by compiling the
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
 
-from hpspec.plan.check import Item, check
 from hpspec.core.errors import HpspecError
-from hpspec.model.graph import ModelGraph
 from hpspec.lang.parse import parse
-from hpspec.plan.compile import compile_plan
 from hpspec.method.sensitivity import SensitivityTable
+from hpspec.model.graph import ModelGraph
+from hpspec.plan.check import Item, check
+from hpspec.plan.compile import compile_plan
 
 METHODS = ("hierarchical", "koala", "bksdm")
 
@@ -135,7 +135,9 @@ def _default_region(graph: ModelGraph) -> set[tuple[str, int, str | None]]:
 
 def _koala(graph: ModelGraph, table: SensitivityTable) -> list[_Candidate]:
     if not table.cosine:
-        raise HpspecError("koala ranks blocks by input-output cosine similarity: the table has none (run `hpspec analyze`)")
+        raise HpspecError(
+            "koala ranks blocks by input-output cosine similarity: the table has none (run `hpspec analyze`)"
+        )
     ranked = sorted(table.cosine, key=lambda c: -c.value)
     return [_Candidate(c.stack, c.block, None, c.value, f"cosine {c.value:.4f}") for c in ranked]
 
@@ -151,7 +153,9 @@ def _bksdm(graph: ModelGraph, table: SensitivityTable) -> list[_Candidate]:
     return [_Candidate(e.stack, e.block, None, -e.delta, f"ΔP {e.delta:+.4g} (score {e.score:.4g})") for e in ranked]
 
 
-def _greedy(graph: ModelGraph, given: Sequence[Choice], candidates: Sequence[_Candidate], keep: float) -> tuple[list[Choice], float]:
+def _greedy(
+    graph: ModelGraph, given: Sequence[Choice], candidates: Sequence[_Candidate], keep: float
+) -> tuple[list[Choice], float]:
     """Remove candidates in order; stop right after the removal that takes the fraction below keep."""
     measure = _fraction_counter(graph)
     chosen: list[Choice] = []
@@ -207,7 +211,9 @@ def _drops_text(choices: Sequence[Choice]) -> str:
 # Writing the spec
 
 
-def render_spec(suggestion: Suggestion, target_line: str, command: str, table_note: str, extra: Sequence[str] = ()) -> str:
+def render_spec(
+    suggestion: Suggestion, target_line: str, command: str, table_note: str, extra: Sequence[str] = ()
+) -> str:
     lines = [
         "# Written by `hpspec suggest`: review it, then compile it.",
         f"# {command}",

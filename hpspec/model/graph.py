@@ -204,7 +204,9 @@ def graph_from_tensors(
     order = [o.module for o in arch.outside]
     outside_groups = tuple(
         Outside(module, positions.get(module, "after"), tuple(sorted(ts, key=lambda t: t.name)))
-        for module, ts in sorted(outside.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order else len(order), kv[0]))
+        for module, ts in sorted(
+            outside.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order else len(order), kv[0])
+        )
     )
     dtypes = [dtype for _, dtype in tensors.values()]
     dtype = max(set(dtypes), key=dtypes.count) if dtypes else "BF16"
@@ -260,7 +262,9 @@ def family_of_config(config: Mapping[str, Any], where: str) -> str:
     return family
 
 
-def tensors_from_config(config: Mapping[str, Any], where: str, dtype: str = "BF16") -> dict[str, tuple[tuple[int, ...], str]]:
+def tensors_from_config(
+    config: Mapping[str, Any], where: str, dtype: str = "BF16"
+) -> dict[str, tuple[tuple[int, ...], str]]:
     """Every tensor a diffusers config implies, with its shape, from the architecture's rules."""
     family = family_of_config(config, where)
     arch = architecture(family)
@@ -289,7 +293,9 @@ def tensors_from_config(config: Mapping[str, Any], where: str, dtype: str = "BF1
     except TargetError:
         raise
     except Exception as error:  # noqa: BLE001  a config missing a key or holding a wrong type
-        raise TargetError(f"{where}: config does not describe a {family} model: {type(error).__name__}: {error}") from None
+        raise TargetError(
+            f"{where}: config does not describe a {family} model: {type(error).__name__}: {error}"
+        ) from None
     return tensors
 
 
@@ -311,7 +317,9 @@ def graph_from_builtin(name: str) -> ModelGraph:
     return graph_from_config(model.config, name, f"builtin:{name}", dtype)
 
 
-def graph_from_headers(headers: Iterable[Header], name: str, source: str, config: Mapping[str, Any] | None) -> ModelGraph:
+def graph_from_headers(
+    headers: Iterable[Header], name: str, source: str, config: Mapping[str, Any] | None
+) -> ModelGraph:
     tensors = {e.name: (e.shape, e.dtype) for h in headers for e in h.tensors.values()}
     family = family_of_config(config, source) if config is not None else family_of_tensors(tensors)
     if family is None:
@@ -324,5 +332,8 @@ def graph_from_module(module: Any, name: str | None = None) -> ModelGraph:
     config = dict(getattr(module, "config", {}) or {})
     config.setdefault("_class_name", type(module).__name__)
     family = family_of_config(config, f"module:{type(module).__name__}")
-    tensors = {n: (tuple(t.shape), TORCH_DTYPES.get(str(t.dtype).removeprefix("torch."), "F32")) for n, t in module.state_dict().items()}
+    tensors = {
+        n: (tuple(t.shape), TORCH_DTYPES.get(str(t.dtype).removeprefix("torch."), "F32"))
+        for n, t in module.state_dict().items()
+    }
     return graph_from_tensors(family, tensors, name or type(module).__name__, f"module:{type(module).__name__}", config)

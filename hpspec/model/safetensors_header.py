@@ -66,7 +66,9 @@ def read_header(path: Path) -> Header:
                 raise CheckpointError(f"{path}: truncated: {len(prefix)} bytes, not even a safetensors header length")
             (length,) = struct.unpack("<Q", prefix)
             if length > MAX_HEADER_BYTES:
-                raise CheckpointError(f"{path}: header length {length} exceeds the safetensors limit of {MAX_HEADER_BYTES}")
+                raise CheckpointError(
+                    f"{path}: header length {length} exceeds the safetensors limit of {MAX_HEADER_BYTES}"
+                )
             if 8 + length > size:
                 raise CheckpointError(f"{path}: header length {length} runs past the end of the file ({size} bytes)")
             raw = handle.read(length)
@@ -96,11 +98,15 @@ def _validate(path: Path, header: dict[str, Any], data_start: int, size: int) ->
     cursor = data_start
     for begin, end, name in spans:
         if begin < cursor:
-            raise CheckpointError(f"{path}: tensor {name!r} overlaps the tensor before it (offset {begin - data_start})")
+            raise CheckpointError(
+                f"{path}: tensor {name!r} overlaps the tensor before it (offset {begin - data_start})"
+            )
         if begin > cursor:
             if end > size:  # not a truncation: the offsets point beyond the file
                 offsets = [begin - data_start, end - data_start]
-                raise CheckpointError(f"{path}: tensor {name!r} has data_offsets {offsets} past the end of the file ({size - data_start} bytes of data)")
+                raise CheckpointError(
+                    f"{path}: tensor {name!r} has data_offsets {offsets} past the end of the file ({size - data_start} bytes of data)"
+                )
             raise CheckpointError(f"{path}: {begin - cursor} unaccounted bytes before tensor {name!r}")
         cursor = end
     if cursor > size:

@@ -83,9 +83,13 @@ def find_transformer(path: Path) -> tuple[Path | None, list[Path]]:
     if not weights:
         pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
         if pickles:
-            raise CheckpointError(f"{path / pickles[0]}: pickle checkpoints are refused (they can run code); convert it to safetensors")
+            raise CheckpointError(
+                f"{path / pickles[0]}: pickle checkpoints are refused (they can run code); convert it to safetensors"
+            )
     if config is None and not weights:
-        raise TargetError(f"{path}: holds no config.json and no .safetensors files (not a diffusers transformer or pipeline)")
+        raise TargetError(
+            f"{path}: holds no config.json and no .safetensors files (not a diffusers transformer or pipeline)"
+        )
     return config, weights
 
 

@@ -163,10 +163,21 @@ def _last_block_conversion(graph: ModelGraph, ops: list[Op]) -> list[Op]:
         rule = converts(graph.arch, stack.blocks[-1].kind, new_last.kind)
         if rule is None:
             continue
-        removed_parts = {op.part for op in ops if op.kind == "drop_part" and op.stack == stack.name and op.block == new_last.index}
+        removed_parts = {
+            op.part for op in ops if op.kind == "drop_part" and op.stack == stack.name and op.block == new_last.index
+        }
         modules, params = conversion_cost(rule, new_last, removed_parts)
         conversions.append(
-            Op("convert_last_block", stack.name, new_last.index, None, modules, params, "last_block_dropped", len(kept) - 1)
+            Op(
+                "convert_last_block",
+                stack.name,
+                new_last.index,
+                None,
+                modules,
+                params,
+                "last_block_dropped",
+                len(kept) - 1,
+            )
         )
     return conversions
 
@@ -262,10 +273,14 @@ def _quantize(graph: ModelGraph, checked: CheckedSpec, stacks: Mapping[str, Stac
     )
 
 
-def _quantized_bytes(graph: ModelGraph, ops: list[Op], stacks: Mapping[str, StackPlan], quantize: QuantizePlan | None) -> int | None:
+def _quantized_bytes(
+    graph: ModelGraph, ops: list[Op], stacks: Mapping[str, StackPlan], quantize: QuantizePlan | None
+) -> int | None:
     if quantize is None or quantize.backend == "unknown":
         return None
-    layout = quantized_layout(pruned_tensors(graph, ops, stacks), quantize.scheme, quantize.compute, quantize.except_modules)
+    layout = quantized_layout(
+        pruned_tensors(graph, ops, stacks), quantize.scheme, quantize.compute, quantize.except_modules
+    )
     return weight_bytes(layout)
 
 

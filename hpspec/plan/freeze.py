@@ -17,7 +17,6 @@ from hpspec.plan.plan import FreezePlan, Op, StackPlan
 Removed = Mapping[tuple[str, int, str], tuple[int, int]]  # (stack, block, part word) -> (parameters, bytes) removed
 
 
-
 @dataclass(frozen=True)
 class _Unit:
     """A unit of training in registration order: an outside module, or one part of one block."""
@@ -40,15 +39,25 @@ def _units(graph: ModelGraph, ops: list[Op], stacks: Mapping[str, StackPlan], re
             new = stacks[stack.name].index_map.get(str(block.index))
             block_path = f"{stack.module}.{new}" if new is not None else ""
             for part in block.parts:
-                dropped = (stack.name, block.index, None) in spec_drops or (stack.name, block.index, part.word) in spec_drops
+                dropped = (stack.name, block.index, None) in spec_drops or (
+                    stack.name,
+                    block.index,
+                    part.word,
+                ) in spec_drops
                 params = part.params - removed.get((stack.name, block.index, part.word), (0, 0))[0]
                 paths = tuple(f"{block_path}.{m}" for m in part.modules) if params else ()
-                units.append(_Unit(Item(order[stack.name], stack.name, block.index, part.word), params, dropped, block_path, paths))
+                units.append(
+                    _Unit(
+                        Item(order[stack.name], stack.name, block.index, part.word), params, dropped, block_path, paths
+                    )
+                )
     units.extend(after)
     return [u for u in units if u.params or u.dropped]
 
 
-def freeze_plan(graph: ModelGraph, setting: PreserveSetting | None, ops: list[Op], stacks: Mapping[str, StackPlan], removed: Removed) -> FreezePlan:
+def freeze_plan(
+    graph: ModelGraph, setting: PreserveSetting | None, ops: list[Op], stacks: Mapping[str, StackPlan], removed: Removed
+) -> FreezePlan:
     """What distillation trains and what it freezes, by module paths after pruning."""
     units = _units(graph, ops, stacks, removed)
     frozen: set[int] = set()

@@ -35,12 +35,16 @@ def check_spec(spec: s.Spec, target: str | None = None, fallback: Fallback | Non
     return check(spec, graph_for(spec, target, fallback))
 
 
-def check_file(path: str | Path, target: str | None = None, *, recover: bool = False, fallback: Fallback | None = None) -> CheckedSpec:
+def check_file(
+    path: str | Path, target: str | None = None, *, recover: bool = False, fallback: Fallback | None = None
+) -> CheckedSpec:
     """A spec file, parsed and checked; with `recover` its syntax errors join the checker's."""
     return check_spec(parse_file(path, recover=recover), target, fallback)
 
 
-def plan_file(path: str | Path, target: str | None = None, *, fallback: Fallback | None = None) -> tuple[Plan, CheckedSpec]:
+def plan_file(
+    path: str | Path, target: str | None = None, *, fallback: Fallback | None = None
+) -> tuple[Plan, CheckedSpec]:
     """A spec file compiled: its plan, and the checked spec (its warnings, its source)."""
     checked = check_file(path, target, fallback=fallback)
     return compile_plan(checked), checked

@@ -103,7 +103,9 @@ def quanto_group_size(in_features: int, scheme: Scheme = QUANTIZE_SCHEMES["int4"
     return group if in_features % group == 0 else None
 
 
-def linear_weight_tensors(scheme: str, module: str, out_features: int, in_features: int, compute: str) -> list[LayoutTensor]:
+def linear_weight_tensors(
+    scheme: str, module: str, out_features: int, in_features: int, compute: str
+) -> list[LayoutTensor]:
     """What one quantized Linear weight is stored as (its bias is stored like any other tensor)."""
     n = out_features * in_features
     found = QUANTIZE_SCHEMES.get(scheme)
@@ -140,7 +142,15 @@ def linear_weight_tensors(scheme: str, module: str, out_features: int, in_featur
     raise ValueError(f"unknown quantization scheme {scheme!r}")
 
 
-PAYLOAD_SUFFIXES = (".weight", ".weight.absmax", ".weight.nested_absmax", ".SCB", ".weight._data._data", ".weight._scale", ".weight._shift")
+PAYLOAD_SUFFIXES = (
+    ".weight",
+    ".weight.absmax",
+    ".weight.nested_absmax",
+    ".SCB",
+    ".weight._data._data",
+    ".weight._scale",
+    ".weight._shift",
+)
 
 
 def payload_bytes(tensors: Sequence[LayoutTensor]) -> int:
@@ -152,7 +162,9 @@ def payload_bytes(tensors: Sequence[LayoutTensor]) -> int:
 # A whole model
 
 
-def quantized_layout(tensors: Iterable[SourceTensor], scheme: str, compute: str, except_modules: Sequence[str]) -> list[LayoutTensor]:
+def quantized_layout(
+    tensors: Iterable[SourceTensor], scheme: str, compute: str, except_modules: Sequence[str]
+) -> list[LayoutTensor]:
     """Every tensor of the quantized checkpoint, in the source's order."""
     dtype = compute_dtype(compute)
     layout: list[LayoutTensor] = []
@@ -175,16 +187,22 @@ def quantized_linears(tensors: Iterable[SourceTensor], except_modules: Sequence[
     return [
         t.name.removesuffix(".weight")
         for t in tensors
-        if is_linear_weight(t.name, t.shape) and not t.buffer and not under(t.name.removesuffix(".weight"), except_modules)
+        if is_linear_weight(t.name, t.shape)
+        and not t.buffer
+        and not under(t.name.removesuffix(".weight"), except_modules)
     ]
 
 
 def pruned_tensors(graph: ModelGraph, ops: Sequence[Op], stacks: Mapping[str, StackPlan]) -> list[SourceTensor]:
     """The tensors a plan's pruned model holds, named after pruning (what `checkpoint` writes)."""
     removed = [m for op in ops if op.kind == "drop_part" for m in op.modules]
-    gone, converted = split_trimmed(graph.arch, (m for op in ops if op.kind == "convert_last_block" for m in op.modules))
+    gone, converted = split_trimmed(
+        graph.arch, (m for op in ops if op.kind == "convert_last_block" for m in op.modules)
+    )
     removed += gone
-    result = [SourceTensor(t.name, t.shape, t.buffer) for o in graph.outside for t in o.tensors if o.position == "before"]
+    result = [
+        SourceTensor(t.name, t.shape, t.buffer) for o in graph.outside for t in o.tensors if o.position == "before"
+    ]
     for stack in graph.stacks:
         index_map = stacks[stack.name].index_map
         for block in stack.blocks:
@@ -199,5 +217,7 @@ def pruned_tensors(graph: ModelGraph, ops: Sequence[Op], stacks: Mapping[str, St
                 if under(old, converted) and graph.arch.last_block is not None:  # the trimmed modulation's rows
                     shape = (graph.arch.last_block.kept_rows(tensor.shape[0]), *tensor.shape[1:])
                 result.append(SourceTensor(f"{stack.module}.{new}.{tensor.name}", shape, tensor.buffer))
-    result += [SourceTensor(t.name, t.shape, t.buffer) for o in graph.outside for t in o.tensors if o.position != "before"]
+    result += [
+        SourceTensor(t.name, t.shape, t.buffer) for o in graph.outside for t in o.tensors if o.position != "before"
+    ]
     return result

@@ -82,4 +82,6 @@ def _quantize_exception(graph: ModelGraph) -> str:
 def _inventory(graph: ModelGraph) -> list[str]:
     """`hpspec graph TARGET`, commented: every block with its parameters, by part."""
     listing = graph_text(graph).rstrip("\n").splitlines()
-    return ["# Every block, with its parameters by part (`hpspec graph`):", "#"] + [f"# {line}".rstrip() for line in listing]
+    return ["# Every block, with its parameters by part (`hpspec graph`):", "#"] + [
+        f"# {line}".rstrip() for line in listing
+    ]

@@ -64,7 +64,15 @@ def plan_text(plan: Plan) -> str:
     rows = []
     for name, stack in plan.stacks.items():
         parts = [op for op in plan.ops if op.kind == "drop_part" and op.stack == name]
-        rows.append([name, str(stack.before), str(stack.after), _ranges(stack.dropped) or "-", str(len(parts)) if parts else "-"])
+        rows.append(
+            [
+                name,
+                str(stack.before),
+                str(stack.after),
+                _ranges(stack.dropped) or "-",
+                str(len(parts)) if parts else "-",
+            ]
+        )
     lines.append(table(rows, ["stack", "before", "after", "blocks dropped", "parts dropped"]))
     for name in plan.stacks:
         by_block: dict[int, list[str]] = {}
@@ -83,7 +91,12 @@ def plan_text(plan: Plan) -> str:
     p, b = plan.params, plan.bytes
     rows = [
         ["parameters", f"{p.before:,}", f"{p.after_prune:,}", f"{100 * p.after_prune / p.before:.1f}%"],
-        [f"weight bytes ({b.dtype})", human_bytes(b.before), human_bytes(b.after_prune), f"{100 * b.after_prune / b.before:.1f}%"],
+        [
+            f"weight bytes ({b.dtype})",
+            human_bytes(b.before),
+            human_bytes(b.after_prune),
+            f"{100 * b.after_prune / b.before:.1f}%",
+        ],
     ]
     lines.append(table(rows, ["", "before", "after prune", "kept"]))
     lines.append("(weight bytes, decimal units; peak memory in a forward pass is a different measure)")
@@ -101,7 +114,9 @@ def plan_text(plan: Plan) -> str:
             f"{f.after_prune / 1e12:.3g} T ({100 * (1 - f.after_prune / f.before):.1f}% fewer; an estimate)"
         )
     lines.append("")
-    lines.append(f"freeze: {plan.freeze.rule}; {plan.freeze.frozen_params:,} frozen, {plan.freeze.trainable_params:,} trainable")
+    lines.append(
+        f"freeze: {plan.freeze.rule}; {plan.freeze.frozen_params:,} frozen, {plan.freeze.trainable_params:,} trainable"
+    )
     if plan.distill is not None:
         d = plan.distill
         lines.append(f"distill: weight={d.weight} mode={d.mode} steps={d.steps} lr={d.lr} batch={d.batch}")
@@ -166,16 +181,19 @@ def _gh_property(text: str) -> str:
 
 
 def diagnostics_json(results: Sequence[tuple[str, Sequence[Diagnostic], str | None]]) -> str:
-    return json.dumps(
-        [
-            {
-                "path": path,
-                "ok": not any(d.severity == "error" for d in diags) and error is None,
-                "error": error,
-                "diagnostics": [d.to_json() for d in diags],
-            }
-            for path, diags, error in results
-        ],
-        indent=2,
-        sort_keys=True,
-    ) + "\n"
+    return (
+        json.dumps(
+            [
+                {
+                    "path": path,
+                    "ok": not any(d.severity == "error" for d in diags) and error is None,
+                    "error": error,
+                    "diagnostics": [d.to_json() for d in diags],
+                }
+                for path, diags, error in results
+            ],
+            indent=2,
+            sort_keys=True,
+        )
+        + "\n"
+    )

@@ -1,2 +1,1 @@
-"""The self-contained HTML report: block map, charts, images, templates.
-"""
+"""The self-contained HTML report: block map, charts, images, templates."""

@@ -8,9 +8,10 @@ every part its stack can have). Plain data for the templates; no HTML here.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from itertools import groupby
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from hpspec.core.errors import HpspecError
 from hpspec.method.sensitivity import SensitivityTable
@@ -20,7 +21,6 @@ from hpspec.model.targets import DEMO, resolve_target
 from hpspec.plan.plan import Op, Plan, StackPlan
 from hpspec.plan.summary import human_count
 from hpspec.report.svg import HeatCell, Heatmap
-
 
 # The model's structure: which parts each block has (from the graph when it can be found)
 
@@ -100,7 +100,14 @@ def _family_layout(plan: Plan, name: str) -> StackLayout:
     for op in plan.ops:  # parts the plan names but the family data does not
         if op.stack == name and op.kind == "drop_part" and op.part and op.part not in parts:
             parts[op.part] = tuple(m.removeprefix(f"{stack.module}.{op.block}.") for m in op.modules)
-    return StackLayout(name, singular, stack.module, tuple(parts), tuple(dict(parts) for _ in range(stack.before)), tuple({} for _ in range(stack.before)))
+    return StackLayout(
+        name,
+        singular,
+        stack.module,
+        tuple(parts),
+        tuple(dict(parts) for _ in range(stack.before)),
+        tuple({} for _ in range(stack.before)),
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -124,7 +131,7 @@ class Fates:
     restored: frozenset[tuple[str, int, str | None]]
 
     @staticmethod
-    def of(plan: Plan, diff: Mapping[str, Any] | None, scales: Mapping[str, Any] | None = None) -> "Fates":
+    def of(plan: Plan, diff: Mapping[str, Any] | None, scales: Mapping[str, Any] | None = None) -> Fates:
         removed: dict[tuple[str, int], int] = {}
         for op in plan.ops:
             removed[(op.stack, op.block)] = removed.get((op.stack, op.block), 0) + op.params
@@ -240,7 +247,11 @@ def _block_column(stack: StackPlan, layout: StackLayout, fates: Fates, i: int) -
     name, selector = layout.name, f"{layout.singular}[{i}]"
     cells = [_cell(stack, layout, fates, i, word) for word in layout.words]
     new = stack.index_map.get(str(i))
-    facts = [f"{selector} → {new}" if new is not None else f"{selector}: dropped ({reason_text(fates.dropped_blocks[(name, i)])})"]
+    facts = [
+        f"{selector} → {new}"
+        if new is not None
+        else f"{selector}: dropped ({reason_text(fates.dropped_blocks[(name, i)])})"
+    ]
     parts = [w for w in layout.words if (name, i, w) in fates.dropped_parts]
     if parts:
         facts.append(f"dropped: {', '.join(parts)}")
@@ -265,7 +276,9 @@ def _cell(stack: StackPlan, layout: StackLayout, fates: Fates, i: int, word: str
     if (layout.name, i) in fates.dropped_blocks:
         return Cell(word, f"cell dropped{diff}", f"{where}: dropped with its block{size}", "")
     if key in fates.dropped_parts:
-        return Cell(word, f"cell part-dropped{diff}", f"{where}: dropped ({reason_text(fates.dropped_parts[key])}){size}", "")
+        return Cell(
+            word, f"cell part-dropped{diff}", f"{where}: dropped ({reason_text(fates.dropped_parts[key])}){size}", ""
+        )
     block_path = f"{stack.module}.{stack.index_map[str(i)]}"
     paths = [f"{block_path}.{m}" for m in modules]
     conversion = _conversion(fates.conversions.get((layout.name, i)), f"{stack.module}.{i}", modules)
@@ -290,7 +303,7 @@ def _covers(module: str, path: str) -> bool:
 
 
 def _conversion(op: Op | None, block: str, modules: tuple[str, ...]) -> str | None:
-    """"gone" when the last-block conversion removes all of a part, "trimmed" when some of it."""
+    """ "gone" when the last-block conversion removes all of a part, "trimmed" when some of it."""
     if op is None:
         return None
     rests = {m.removeprefix(block + ".") for m in op.modules}
@@ -341,6 +354,7 @@ def spans(indices: Iterable[int]) -> str:
     runs = [[v for _, v in run] for _, run in groupby(enumerate(values), key=lambda p: p[1] - p[0])]
     return ", ".join(f"{r[0]}" if len(r) == 1 else f"{r[0]}–{r[-1]}" for r in runs)
 
+
 def heatmap(table: SensitivityTable, layout: StackLayout, fates: Fates, pitch: int) -> Heatmap:
     entries = {(e.block, e.part): e for e in table.entries if e.stack == layout.name}
     words: list[str | None] = [None] if table.has_block_rows else []
@@ -355,7 +369,9 @@ def heatmap(table: SensitivityTable, layout: StackLayout, fates: Fates, pitch: i
             dropped = (layout.name, i) in fates.dropped_blocks or (layout.name, i, word or "") in fates.dropped_parts
             where = f"{layout.singular}[{i}]" + (f".{word}" if word else " (whole block)")
             title = f"{where}: score {entry.score:.4g}, ΔP {entry.delta:+.4g}" if entry else f"{where}: no entry"
-            row.append(HeatCell(entry.delta if entry else None, title + (" · dropped by the plan" if dropped else ""), dropped))
+            row.append(
+                HeatCell(entry.delta if entry else None, title + (" · dropped by the plan" if dropped else ""), dropped)
+            )
         rows.append(row)
     block = [table.block_delta(layout.name, i) for i in range(count)]
     return Heatmap(

@@ -11,9 +11,10 @@ report it has no scripts, fonts, links or images outside itself, and no clock.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from hpspec.core.errors import ReportError
 from hpspec.core.io import write_text_atomic
@@ -119,9 +120,16 @@ def _images(comparison: Comparison) -> dict[str, Any] | None:
     prompts = list(comparison.prompts)
     for column in comparison.images:
         if len(column.images) != len(prompts):
-            raise ReportError(f"images of {column.name}: {len(column.images)} for {len(prompts)} prompts; expected one per prompt")
+            raise ReportError(
+                f"images of {column.name}: {len(column.images)} for {len(prompts)} prompts; expected one per prompt"
+            )
     rows = [
-        {"prompt": prompt, "cells": [{"name": c.name, "image": checked_png(c.images[i], f"images of {c.name}")} for c in comparison.images]}
+        {
+            "prompt": prompt,
+            "cells": [
+                {"name": c.name, "image": checked_png(c.images[i], f"images of {c.name}")} for c in comparison.images
+            ],
+        }
         for i, prompt in enumerate(prompts)
     ]
     lead = "Per prompt, the same seed: the original model's image, then each method's."

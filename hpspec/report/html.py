@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from hpspec.core.errors import ReportError, SensitivityError
 from hpspec.core.io import write_text_atomic
@@ -23,11 +24,19 @@ from hpspec.method.sensitivity import SensitivityTable
 from hpspec.plan.diff import detail_sections, diff_plans, headline, table_rows
 from hpspec.plan.plan import Op, Plan
 from hpspec.plan.summary import human_bytes, human_count
-from hpspec.report.blockmap import Fates, StackLayout, block_map, column_pitch, heatmap, part_label, reason_text, stack_layouts
+from hpspec.report.blockmap import (
+    Fates,
+    StackLayout,
+    block_map,
+    column_pitch,
+    heatmap,
+    part_label,
+    reason_text,
+    stack_layouts,
+)
 from hpspec.report.images import checked_grid
 from hpspec.report.inputs import ReportInputs, check_evaluation, is_number, stage_inputs
 from hpspec.report.svg import Bar, bars_svg, heatmap_svg, legend_svg
-
 
 # --------------------------------------------------------------------------------------------
 # Rendering
@@ -113,10 +122,19 @@ def _badges(plan: Plan) -> list[str]:
 def _summary(plan: Plan) -> dict[str, Any]:
     """Parameters and weight bytes before and after each stage, as table rows and bar charts."""
     p, b = plan.params, plan.bytes
-    sizes: list[tuple[str, int, int | None]] = [("original", p.before, b.before), ("after prune", p.after_prune, b.after_prune)]
+    sizes: list[tuple[str, int, int | None]] = [
+        ("original", p.before, b.before),
+        ("after prune", p.after_prune, b.after_prune),
+    ]
     if plan.quantize is not None:
         quantized = getattr(b, "after_quantize", None)  # added to plans by a later schema
-        sizes.append((f"after quantize ({plan.quantize.scheme})", p.after_prune, quantized if isinstance(quantized, int) else None))
+        sizes.append(
+            (
+                f"after quantize ({plan.quantize.scheme})",
+                p.after_prune,
+                quantized if isinstance(quantized, int) else None,
+            )
+        )
     stages = [
         [stage, f"{params:,}", _share(params, p.before), human_bytes(size) if size is not None else "not estimated in this plan",
          _share(size, b.before) if size is not None else "–"]
@@ -153,7 +171,9 @@ def _identity(plan: Plan) -> list[dict[str, str]]:
 # Sensitivity
 
 
-def sensitivity_section(table: SensitivityTable | None, plan: Plan, layouts: list[StackLayout], fates: Fates) -> dict[str, Any] | None:
+def sensitivity_section(
+    table: SensitivityTable | None, plan: Plan, layouts: list[StackLayout], fates: Fates
+) -> dict[str, Any] | None:
     if table is None:
         return None
     if table.target.fingerprint != plan.target.fingerprint:
@@ -163,15 +183,28 @@ def sensitivity_section(table: SensitivityTable | None, plan: Plan, layouts: lis
         )
     deltas = [e.delta for e in table.entries]
     scale, lowest = max([0.0, *deltas]), min([0.0, *deltas])
-    maps = [heatmap(table, layout, fates, column_pitch(layouts)) for layout in layouts if any(e.stack == layout.name for e in table.entries)]
+    maps = [
+        heatmap(table, layout, fates, column_pitch(layouts))
+        for layout in layouts
+        if any(e.stack == layout.name for e in table.entries)
+    ]
     helped = sum(d < 0 for d in deltas)
     return {
         "scorer": table.scorer.name,
         "facts": [
-            {"key": "scorer", "value": f"{table.scorer.name} ({', '.join(table.scorer.metrics)}), higher is {'better' if table.scorer.higher_is_better else 'worse'}"},
+            {
+                "key": "scorer",
+                "value": f"{table.scorer.name} ({', '.join(table.scorer.metrics)}), higher is {'better' if table.scorer.higher_is_better else 'worse'}",
+            },
             {"key": "full model", "value": f"{table.full_score:.4g}"},
-            {"key": "entries", "value": f"{len(table.entries)} ({'block and part rows' if table.has_block_rows else 'part rows only'})"},
-            {"key": "removal helped", "value": f"{helped} entr{'ies' if helped != 1 else 'y'} score above the full model (ΔP < 0)"},
+            {
+                "key": "entries",
+                "value": f"{len(table.entries)} ({'block and part rows' if table.has_block_rows else 'part rows only'})",
+            },
+            {
+                "key": "removal helped",
+                "value": f"{helped} entr{'ies' if helped != 1 else 'y'} score above the full model (ΔP < 0)",
+            },
             {"key": "settings", "value": table.settings_hash},
         ],
         "legend": legend_svg(scale, lowest),
@@ -207,7 +240,14 @@ def _evaluation(result: Mapping[str, Any] | None) -> dict[str, Any] | None:
     rows = []
     for name in result["metrics"]:
         ref = reference.get(name)
-        rows.append([name, _number(result[name]), _number(ref), f"{100 * drops[name]:.2f}%" if is_number(drops.get(name)) else "–"])
+        rows.append(
+            [
+                name,
+                _number(result[name]),
+                _number(ref),
+                f"{100 * drops[name]:.2f}%" if is_number(drops.get(name)) else "–",
+            ]
+        )
     facts = []
     if is_number(result.get("degradation")):
         facts.append({"key": "degradation (mean relative drop)", "value": f"{100 * result['degradation']:.2f}%"})
@@ -220,7 +260,10 @@ def _evaluation(result: Mapping[str, Any] | None) -> dict[str, Any] | None:
     grid = checked_grid(result["images"], "evaluation") if "images" in result else None
     images = None
     if grid is not None:
-        images = [{"prompt": p, "original": o, "pruned": q} for p, o, q in zip(grid["prompts"], grid["original"], grid["pruned"])]
+        images = [
+            {"prompt": p, "original": o, "pruned": q}
+            for p, o, q in zip(grid["prompts"], grid["original"], grid["pruned"])
+        ]
     return {"metrics": rows, "facts": facts, "images": images}
 
 
@@ -250,7 +293,9 @@ def _diff(old: Plan | None, new: Plan, labels: tuple[str, str]) -> dict[str, Any
         "labels": list(labels),
         "headline": headline(d),
         "rows": table_rows(d),
-        "sections": [{"title": title, "lines": [code_spans(line) for line in lines]} for title, lines in detail_sections(d)],
+        "sections": [
+            {"title": title, "lines": [code_spans(line) for line in lines]} for title, lines in detail_sections(d)
+        ],
         "new": [(r.stack, r.block, r.part) for r in d.dropped],
         "restored": [(r.stack, r.block, r.part) for r in d.restored],
     }
@@ -288,7 +333,11 @@ def _training(plan: Plan) -> dict[str, Any]:
         {"key": "frozen", "value": f"{f.frozen_params:,} parameters ({_share(f.frozen_params, kept)} of those kept)"},
         {"key": "trainable", "value": f"{f.trainable_params:,} parameters ({_share(f.trainable_params, kept)})"},
     ]
-    distill = [{"key": k, "value": _number(v)} for k, v in asdict(plan.distill).items() if k != "scales"] if plan.distill else None
+    distill = (
+        [{"key": k, "value": _number(v)} for k, v in asdict(plan.distill).items() if k != "scales"]
+        if plan.distill
+        else None
+    )
     quantize = None
     if plan.quantize is not None:
         q = plan.quantize

@@ -17,7 +17,8 @@ import binascii
 import re
 import struct
 import zlib
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from hpspec.core.errors import ImageError
 
@@ -89,7 +90,10 @@ def checked_grid(payload: Any, where: str) -> dict[str, Any]:
         rows = payload.get(name)
         if not isinstance(rows, list) or len(rows) != len(prompts):
             raise ImageError(f"{where}: `images.{name}` needs one list of images per prompt ({len(prompts)})")
-        grid[name] = [[checked_png(image, f"{where}: images.{name}[{i}]") for image in _list(row, where)] for i, row in enumerate(rows)]
+        grid[name] = [
+            [checked_png(image, f"{where}: images.{name}[{i}]") for image in _list(row, where)]
+            for i, row in enumerate(rows)
+        ]
     return grid
 
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from hpspec.core.errors import ReportError
 from hpspec.core.io import read_json_input, read_text_input
@@ -41,7 +42,9 @@ def is_number(value: Any) -> bool:
 def check_evaluation(data: Any, where: str) -> Mapping[str, Any]:
     """An `hpspec eval` result: `metrics` names numeric top-level keys; `reference` has the same shape."""
     if not isinstance(data, Mapping) or not isinstance(data.get("metrics"), list):
-        raise ReportError(f"{where}: an evaluation is a JSON object with a `metrics` list (the output of `hpspec eval`)")
+        raise ReportError(
+            f"{where}: an evaluation is a JSON object with a `metrics` list (the output of `hpspec eval`)"
+        )
     for name in data["metrics"]:
         if not isinstance(name, str) or not is_number(data.get(name)):
             raise ReportError(f"{where}: metric {name!r} has no numeric value")
@@ -81,7 +84,9 @@ def load_inputs(
     return ReportInputs(
         plan=load_plan_input(plan, target),
         sensitivity=load_table(Path(sensitivity)) if sensitivity else None,
-        evaluation=check_evaluation(read_json_input(Path(evaluation), "evaluation"), str(evaluation)) if evaluation else None,
+        evaluation=check_evaluation(read_json_input(Path(evaluation), "evaluation"), str(evaluation))
+        if evaluation
+        else None,
         evidence=check_evidence(read_json_input(Path(evidence), "evidence table"), str(evidence)) if evidence else None,
         against=load_plan_input(against, target) if against else None,
         labels=(str(against), str(plan)) if against else ("old plan", "this plan"),
@@ -95,4 +100,3 @@ def stage_inputs(directory: Path, plan: Plan, sensitivity: str | Path | None = N
     scales_file = Path(directory) / SCALES_NAME
     scales = json.loads(scales_file.read_text()) if scales_file.is_file() else None
     return ReportInputs(plan, sensitivity=load_table(Path(sensitivity)) if sensitivity else None, scales=scales)
-

@@ -7,8 +7,8 @@ Coordinates are rounded to one decimal so the same numbers always give the same 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from markupsafe import Markup, escape
 
@@ -113,7 +113,9 @@ def heatmap_svg(heat: Heatmap, scale: float) -> Markup:
     for b, dropped in enumerate(heat.dropped_blocks):
         if dropped:
             x = LABEL_W + b * w
-            body.append(f'<rect x="{_num(x - 1)}" y="{top - 1}" width="{w}" height="{grid_h}" fill="none" stroke="{INK}" stroke-width="1.5"/>')
+            body.append(
+                f'<rect x="{_num(x - 1)}" y="{top - 1}" width="{w}" height="{grid_h}" fill="none" stroke="{INK}" stroke-width="1.5"/>'
+            )
     base = top + grid_h + 6
     body.extend(_block_bars(heat, base, bars_h))
     axis = base + bars_h + 12
@@ -138,7 +140,9 @@ def _block_bars(heat: Heatmap, top: float, height: float) -> list[str]:
         length = abs(value) / peak * (up if value >= 0 else down)
         y = zero - length if value >= 0 else zero
         body.append(_rect(x, y, w - 10, max(length, 0.5), colour(value, peak), heat.block_titles[b]))
-    body.append(f'<line x1="{LABEL_W}" x2="{LABEL_W + len(heat.block_values) * w}" y1="{_num(zero)}" y2="{_num(zero)}" stroke="{MUTED}" stroke-width="0.8"/>')
+    body.append(
+        f'<line x1="{LABEL_W}" x2="{LABEL_W + len(heat.block_values) * w}" y1="{_num(zero)}" y2="{_num(zero)}" stroke="{MUTED}" stroke-width="0.8"/>'
+    )
     return body
 
 
@@ -154,7 +158,10 @@ def legend_svg(scale: float, lowest: float) -> Markup:
         x += w
     labels = [(0.0, f"{lowest:+.2f}")] if left else []
     labels += [(len(left) * w, "0"), (x, f"+{scale:.2f}")]
-    body.extend(_text(pos, h + 14, text, "middle" if 0 < pos < x else ("start" if pos == 0 else "end"), 9, MUTED) for pos, text in labels)
+    body.extend(
+        _text(pos, h + 14, text, "middle" if 0 < pos < x else ("start" if pos == 0 else "end"), 9, MUTED)
+        for pos, text in labels
+    )
     body.append(_rect(x + 14, 2, w * 2, h, MISSING))
     body.append(_text(x + 14 + w * 2 + 4, 12, "no entry", "start", 9, MUTED))
     body.append(_rect(x + 84, 2, w * 2, h, "#ffffff", extra=f' stroke="{INK}" stroke-width="0.6"'))

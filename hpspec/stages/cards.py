@@ -7,8 +7,9 @@ OUT/distilled, `quantized_card` for OUT/quantized.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from hpspec.core.version import __version__
 from hpspec.model.arch import class_name_of
@@ -19,7 +20,13 @@ if TYPE_CHECKING:
     from hpspec.weights.quantize import Quantized
 
 # How every stage directory loads, whatever plain diffusers can do with it.
-LOAD_WITH_HPSPEC = ("```python", "import hpspec", "", 'transformer = hpspec.load_pretrained("DIR")  # DIR: this directory', "```")
+LOAD_WITH_HPSPEC = (
+    "```python",
+    "import hpspec",
+    "",
+    'transformer = hpspec.load_pretrained("DIR")  # DIR: this directory',
+    "```",
+)
 
 
 def family_class(plan: Plan) -> str:
@@ -76,9 +83,12 @@ def distilled_card(plan: Plan, teacher: Path, curve: Sequence[Mapping[str, float
         "## Distillation",
         "",
         f"Distilled against `{teacher}` for {plan.distill.steps} steps (batch {plan.distill.batch}, lr {plan.distill.lr:g}, "
-        f"weight `{plan.distill.weight}`" + (f", mode `{plan.distill.mode}`" if plan.distill.weight == "sensitivity" else "") + ").",
+        f"weight `{plan.distill.weight}`"
+        + (f", mode `{plan.distill.mode}`" if plan.distill.weight == "sensitivity" else "")
+        + ").",
         f"Loss {first.get('loss', float('nan')):.4g} at step {first.get('step', 0)} -> {last.get('loss', float('nan')):.4g} "
-        f"at step {last.get('step', 0)}; `provenance.json` has the curve" + (", `scales.json` the update scales." if scales else "."),
+        f"at step {last.get('step', 0)}; `provenance.json` has the curve"
+        + (", `scales.json` the update scales." if scales else "."),
         "",
     ]
     return pruned_card(plan, teacher).rstrip("\n") + "\n" + "\n".join(lines)
@@ -92,7 +102,9 @@ def quantized_card(plan: Plan, source: Path, written: Quantized) -> str:
     if written.diffusers_readable and q.scheme == "int4":
         plain = f"Plain diffusers reads it too (`{family}.from_pretrained(DIR)`, optimum-quanto installed)."
     elif written.diffusers_readable:
-        plain = f"On a GPU machine plain diffusers reads it too (`{family}.from_pretrained(DIR)`, bitsandbytes installed)."
+        plain = (
+            f"On a GPU machine plain diffusers reads it too (`{family}.from_pretrained(DIR)`, bitsandbytes installed)."
+        )
     else:
         plain = ("Plain diffusers `from_pretrained` does not rebuild it (parts of blocks were replaced by stand-ins, "
                  "or an exception is one diffusers cannot name): load it with hpspec.")  # fmt: skip

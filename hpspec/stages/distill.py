@@ -15,28 +15,49 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 from hpspec.core.errors import DistillError
 from hpspec.core.io import TMP_MARKER, dumps_json
 from hpspec.core.paths import CARD_NAME, CONFIG_NAME, PLAN_NAME, SCALES_NAME, WEIGHTS_INDEX_SUFFIX
 from hpspec.method.distill.checkpoints import checkpoint_root
 from hpspec.method.distill.data import check_fits, open_data
-from hpspec.method.distill.loop import BETAS, CLIP_NORM, DEFAULT_CHECKPOINT_EVERY, WEIGHT_DECAY, Job, Outcome, make_accelerator, process_state, train
+from hpspec.method.distill.loop import (
+    BETAS,
+    CLIP_NORM,
+    DEFAULT_CHECKPOINT_EVERY,
+    WEIGHT_DECAY,
+    Job,
+    Outcome,
+    make_accelerator,
+    process_state,
+    train,
+)
 from hpspec.method.distill.objective import Family, feature_pairs
 from hpspec.method.sensitivity import check_table_fits, load_table
 from hpspec.method.sgdistill import Guidance, frozen_by, guidance
+from hpspec.model.safetensors_header import TORCH_DTYPES as DTYPE_NAMES
+from hpspec.model.safetensors_header import read_header
 from hpspec.model.targets import find_transformer
-from hpspec.model.safetensors_header import TORCH_DTYPES as DTYPE_NAMES, read_header
 from hpspec.plan.check import DISTILL_OPTIONS
 from hpspec.plan.plan import DistillPlan, Plan
 from hpspec.plan.schema import load_plan_file
 from hpspec.stages.cards import distilled_card
 from hpspec.stages.engine import (
-    DistillOptions, Stage, StageInput, StageOptions, StageResult, Writer, require_same_pruning, resolve_model, run_stage, stage_key,
+    DistillOptions,
+    Stage,
+    StageInput,
+    StageOptions,
+    StageResult,
+    Writer,
+    require_same_pruning,
+    resolve_model,
+    run_stage,
+    stage_key,
 )
 from hpspec.weights.checkpoint.source import Source, open_source
 
@@ -49,7 +70,7 @@ if TYPE_CHECKING:
 # The models
 
 
-def open_teacher(directory: Path, plan: Plan) -> "Source":
+def open_teacher(directory: Path, plan: Plan) -> Source:
     """The original checkpoint, validated and checked against the plan (headers only: cheap)."""
     source = open_source(directory)
     if source.graph.fingerprint != plan.target.fingerprint:
@@ -60,7 +81,7 @@ def open_teacher(directory: Path, plan: Plan) -> "Source":
     return source
 
 
-def load_teacher(source: "Source", dtype: "torch.dtype") -> "nn.Module":
+def load_teacher(source: Source, dtype: torch.dtype) -> nn.Module:
     """The original transformer, frozen and in eval mode."""
     import diffusers
 
@@ -68,7 +89,7 @@ def load_teacher(source: "Source", dtype: "torch.dtype") -> "nn.Module":
     return cls.from_pretrained(source.directory, torch_dtype=dtype).eval().requires_grad_(False)
 
 
-def load_student(directory: Path, plan: Plan) -> "nn.Module":
+def load_student(directory: Path, plan: Plan) -> nn.Module:
     """The pruned transformer in float32 (the optimiser's master weights), PWP applied by the loader."""
     import torch
 
@@ -81,7 +102,12 @@ def load_student(directory: Path, plan: Plan) -> "nn.Module":
 def run_key(given: StageInput, teacher: Path, table: Path | None, data: str) -> str:
     """What a checkpoint belongs to: the stage key, and the inputs the stage key does not cover."""
     table_hash = hashlib.sha256(table.read_bytes()).hexdigest() if table is not None else None
-    identity = {"stage": stage_key(DISTILL, given), "teacher": str(teacher.resolve()), "table": table_hash, "data": data}
+    identity = {
+        "stage": stage_key(DISTILL, given),
+        "teacher": str(teacher.resolve()),
+        "table": table_hash,
+        "data": data,
+    }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
@@ -89,12 +115,16 @@ def run_key(given: StageInput, teacher: Path, table: Path | None, data: str) -> 
 # Writing the distilled model (the pruned directory's layout)
 
 
-def save_distilled(state: Mapping[str, "torch.Tensor"], pruned: Path, out: Path, plan: Plan, note: Mapping[str, str]) -> list[str]:
+def save_distilled(
+    state: Mapping[str, torch.Tensor], pruned: Path, out: Path, plan: Plan, note: Mapping[str, str]
+) -> list[str]:
     """Every tensor of the pruned checkpoint, from `state`, into the same files, dtypes and order."""
     import torch
     from safetensors.torch import save_file
 
-    dtypes = {DTYPE_NAMES[name]: getattr(torch, name) for name in ("float32", "float16", "bfloat16")}  # the floats a student trains in
+    dtypes = {
+        DTYPE_NAMES[name]: getattr(torch, name) for name in ("float32", "float16", "bfloat16")
+    }  # the floats a student trains in
     _, shards = find_transformer(pruned)
     files = []
     for shard in shards:
@@ -214,7 +244,7 @@ def _table_path(plan: Plan, options: DistillOptions) -> Path | None:
     return Path(plan.spec.path).parent / plan.distill.table
 
 
-def _freeze_guided(student: "nn.Module", guide: "Guidance") -> list[str]:
+def _freeze_guided(student: nn.Module, guide: Guidance) -> list[str]:
     """SGDistill binary: parameters under a scale-0 path stop requiring gradients."""
     names = frozen_by((n for n, p in student.named_parameters() if p.requires_grad), guide)
     for name in names:
@@ -237,7 +267,9 @@ def _write(job: Job, given: StageInput, tmp: Path, out: Path | None, gate: Gate 
     scales = dict(sorted(job.guide.scales.items()))
     if scales:
         (tmp / SCALES_NAME).write_text(dumps_json(scales), encoding="utf-8")
-    (tmp / CARD_NAME).write_text(distilled_card(job.plan, job.teacher_dir, outcome.curve, bool(job.guide.scales)), encoding="utf-8")
+    (tmp / CARD_NAME).write_text(
+        distilled_card(job.plan, job.teacher_dir, outcome.curve, bool(job.guide.scales)), encoding="utf-8"
+    )
     shutil.rmtree(checkpoint_root(out), ignore_errors=True)
     return _provenance(job, outcome, files, scales)
 
@@ -262,8 +294,14 @@ def _provenance(job: Job, outcome: Outcome, files: list[str], scales: Mapping[st
         "sgdistill": job.guide.record,
         "scales": dict(scales),
         "feature_blocks": [{"student": s, "teacher": t} for s, t in job.pairs],
-        "recipe": {**asdict(job.distill), "optimizer": "AdamW", "betas": list(BETAS), "weight_decay": WEIGHT_DECAY, "clip_norm": CLIP_NORM,
-                   "timesteps": "logit-normal(0, 1)"},  # fmt: skip
+        "recipe": {
+            **asdict(job.distill),
+            "optimizer": "AdamW",
+            "betas": list(BETAS),
+            "weight_decay": WEIGHT_DECAY,
+            "clip_norm": CLIP_NORM,
+            "timesteps": "logit-normal(0, 1)",
+        },  # fmt: skip
         "processes": outcome.processes,
         "device": outcome.device,
         "mixed_precision": outcome.mixed_precision,

@@ -16,15 +16,16 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
-from hpspec.core.version import __version__
 from hpspec.core import faults
 from hpspec.core.errors import HpspecError, PlanError
 from hpspec.core.io import atomic_directory, dumps_json, read_json_input, sweep_stale_siblings
 from hpspec.core.paths import PLAN_NAME, PROVENANCE_NAME
+from hpspec.core.version import __version__
 from hpspec.model import targets
 from hpspec.plan.plan import Plan
 from hpspec.plan.schema import load_plan_file
@@ -98,10 +99,10 @@ class StageInput:
 class Stage:
     """One stage: its command, its directory under OUT, when a spec declares it, and how it runs.
 
-        >>> QUANTIZE = Stage("quantize", "quantized", lambda plan: plan.quantize is not None, prepare_quantize,
-        ...                  depends=("quantize",))
-        >>> run_stage(QUANTIZE, StageInput(plan, Path("OUT/pruned")), Path("OUT/quantized")).status
-        'done'
+    >>> QUANTIZE = Stage("quantize", "quantized", lambda plan: plan.quantize is not None, prepare_quantize,
+    ...                  depends=("quantize",))
+    >>> run_stage(QUANTIZE, StageInput(plan, Path("OUT/pruned")), Path("OUT/quantized")).status
+    'done'
     """
 
     name: str  # the command: `hpspec NAME`
@@ -139,7 +140,11 @@ def run_stage(step: Stage, given: StageInput, out: Path, force: bool = False) ->
         previous = read_provenance(out)
         if previous is not None and previous.get("stage_key") == key:
             return StageResult(step.name, out, "up to date", previous)
-        why = "holds another plan's or another input's output" if previous is not None else f"is not a finished hpspec {step.name} output"
+        why = (
+            "holds another plan's or another input's output"
+            if previous is not None
+            else f"is not a finished hpspec {step.name} output"
+        )
         raise HpspecError(f"{out}: already exists and {why}; use --force to redo the {step.name} stage")
     write = step.prepare(given)  # every check before anything is written
     started = time.monotonic()

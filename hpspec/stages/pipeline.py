@@ -114,7 +114,9 @@ def _cannot_run(step: Stage, source: Path, command: str, own: OwnOptions) -> str
     return None
 
 
-def _continue_command(plan: Plan, model: str, out: Path, target: str | None, own: OwnOptions, requires: tuple[str, ...]) -> str:
+def _continue_command(
+    plan: Plan, model: str, out: Path, target: str | None, own: OwnOptions, requires: tuple[str, ...]
+) -> str:
     """The same compile again: finished stages are not redone, so it picks up where this one stopped."""
     flags = f" --target {target}" if target is not None else ""
     flags += "".join(f" --{name} {getattr(own, name) or name.upper()}" for name in requires)

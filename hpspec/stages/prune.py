@@ -21,9 +21,9 @@ from hpspec.weights.verify import verify_finite
 def prepare_prune(given: StageInput) -> Writer:
     """Validate the checkpoint against the plan now; the returned writer only copies bytes.
 
-        >>> write = prepare_prune(StageInput(plan, Path("model")))  # raises before any write
-        >>> write(tmp)["files"]  # tmp: the temporary directory run_stage renames into place
-        ['diffusion_pytorch_model.safetensors']
+    >>> write = prepare_prune(StageInput(plan, Path("model")))  # raises before any write
+    >>> write(tmp)["files"]  # tmp: the temporary directory run_stage renames into place
+    ['diffusion_pytorch_model.safetensors']
     """
     source = open_source(given.source)
     if given.options.prune.verify:  # opt in: reads every byte, where pruning copies in the kernel

@@ -8,9 +8,10 @@ when the stage runs: `compile` imports no torch until a stage needs it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 from hpspec.core.errors import CheckpointError, HpspecError, PlanError
 from hpspec.core.io import atomic_directory
@@ -34,7 +35,7 @@ class Prepared:
 
     plan: Plan
     source: Path
-    model: "nn.Module"
+    model: nn.Module
     config: Mapping[str, Any]
     layout: list[LayoutTensor]
 
@@ -49,13 +50,17 @@ def prepare(plan: Plan, source: Path) -> Prepared:
     backend(plan.quantize.scheme)
     source = Path(source)
     if not (source / PLAN_NAME).is_file():
-        raise CheckpointError(f"{source}: no {PLAN_NAME}; quantize reads a stage directory hpspec wrote (run `hpspec prune` first)")
+        raise CheckpointError(
+            f"{source}: no {PLAN_NAME}; quantize reads a stage directory hpspec wrote (run `hpspec prune` first)"
+        )
     config = read_config(source / CONFIG_NAME)
     if "quantization_config" in config:
         raise CheckpointError(f"{source}: is already quantized ({config['quantization_config'].get('quant_method')})")
     require_same_pruning(plan, source, "quantize")
     model = load_pretrained(source, torch_dtype=TORCH_DTYPES[plan.quantize.compute])
-    layout = quantized_layout(source_tensors(model), plan.quantize.scheme, plan.quantize.compute, plan.quantize.except_modules)
+    layout = quantized_layout(
+        source_tensors(model), plan.quantize.scheme, plan.quantize.compute, plan.quantize.except_modules
+    )
     if plan.bytes.after_quantize is not None and plan.bytes.after_quantize != weight_bytes(layout):
         raise PlanError(
             f"{source}: would quantize to {weight_bytes(layout)} bytes of weights, the plan says "
@@ -80,9 +85,9 @@ def run(prepared: Prepared, out: Path) -> Quantized:
 def prepare_quantize(given: StageInput) -> Writer:
     """Load and validate the input now; the returned writer quantizes and writes.
 
-        >>> write = prepare_quantize(StageInput(plan, Path("OUT/pruned")))  # raises before any write
-        >>> write(tmp)["quantized_linears"]  # tmp: the temporary directory run_stage renames into place
-        48
+    >>> write = prepare_quantize(StageInput(plan, Path("OUT/pruned")))  # raises before any write
+    >>> write(tmp)["quantized_linears"]  # tmp: the temporary directory run_stage renames into place
+    48
     """
     prepared = prepare(given.plan, given.source)
 
@@ -103,11 +108,15 @@ def prepare_quantize(given: StageInput) -> Writer:
     return write
 
 
-QUANTIZE = Stage("quantize", "quantized", lambda plan: plan.quantize is not None, prepare_quantize, depends=("quantize",))
+QUANTIZE = Stage(
+    "quantize", "quantized", lambda plan: plan.quantize is not None, prepare_quantize, depends=("quantize",)
+)
 """The quantize stage, declared by a spec's `quantize` statement: OUT/pruned (or OUT/distilled) -> OUT/quantized."""
 
 
-def quantize_dir(source: str | Path, out: str | Path, plan: Plan, scheme: str | None = None, compute: str = "bf16") -> Quantized:
+def quantize_dir(
+    source: str | Path, out: str | Path, plan: Plan, scheme: str | None = None, compute: str = "bf16"
+) -> Quantized:
     """Quantize a stage directory (`OUT/pruned`, `OUT/distilled`) into `out` (which must not exist).
 
     `scheme` quantizes with that scheme (no exceptions) when the plan has no `quantize` of its own;
@@ -128,6 +137,8 @@ def quantize_dir(source: str | Path, out: str | Path, plan: Plan, scheme: str | 
 def with_quantize(plan: Plan, scheme: str, compute: str = "bf16") -> Plan:
     """The plan with `quantize SCHEME` (nothing excepted); its byte count is left to the stage."""
     if scheme not in QUANTIZE_BACKENDS or compute not in COMPUTE:
-        raise PlanError(f"quantize {scheme} compute={compute}: schemes are {', '.join(QUANTIZE_BACKENDS)}, compute {', '.join(COMPUTE)}")
+        raise PlanError(
+            f"quantize {scheme} compute={compute}: schemes are {', '.join(QUANTIZE_BACKENDS)}, compute {', '.join(COMPUTE)}"
+        )
     quantize = QuantizePlan(scheme, QUANTIZE_BACKENDS[scheme], compute, [])
     return replace(plan, quantize=quantize, bytes=replace(plan.bytes, after_quantize=None))

@@ -10,9 +10,10 @@ own loader for pre-quantized weights. Both end with the same check: nothing left
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -61,7 +62,9 @@ def _skeleton(config: Mapping[str, Any], plan: Plan, directory: Path) -> nn.Modu
     class_name = config.get("_class_name")
     cls = getattr(diffusers, str(class_name), None) if class_name in class_names() else None
     if cls is None:
-        raise CheckpointError(f"{directory / CONFIG_NAME}: _class_name {class_name!r}; hpspec loads {' and '.join(class_names())}")
+        raise CheckpointError(
+            f"{directory / CONFIG_NAME}: _class_name {class_name!r}; hpspec loads {' and '.join(class_names())}"
+        )
     with init_empty_weights():
         model = cls.from_config(config)
     put_stand_ins(model, plan)
@@ -95,7 +98,9 @@ def _assign(model: nn.Module, state: Mapping[str, torch.Tensor], expected: set[s
     try:
         model.load_state_dict(state, strict=False, assign=True)
     except RuntimeError as error:
-        raise CheckpointError(f"{where}: does not fit the {kind} model: {str(error).splitlines()[-1].strip()}") from None
+        raise CheckpointError(
+            f"{where}: does not fit the {kind} model: {str(error).splitlines()[-1].strip()}"
+        ) from None
 
 
 def require_loaded(model: nn.Module, directory: Path) -> None:
@@ -109,7 +114,9 @@ def require_loaded(model: nn.Module, directory: Path) -> None:
 # Quantized directories
 
 
-def load_quantized(directory: Path, plan: Plan, config: Mapping[str, Any], torch_dtype: torch.dtype | None = None) -> nn.Module:
+def load_quantized(
+    directory: Path, plan: Plan, config: Mapping[str, Any], torch_dtype: torch.dtype | None = None
+) -> nn.Module:
     """A quantized transformer from a directory the quantize stage wrote, every tensor from its files.
 
     The pruned architecture is rebuilt as `load_pretrained` does; the Linears the plan quantizes
@@ -127,7 +134,9 @@ def load_quantized(directory: Path, plan: Plan, config: Mapping[str, Any], torch
     quantized = {}
     for path, linear in list(linears(model)):
         if not under(path, quantize.except_modules):
-            empty = module.empty_linear(linear.in_features, linear.out_features, linear.bias is not None, quantize.scheme, compute)
+            empty = module.empty_linear(
+                linear.in_features, linear.out_features, linear.bias is not None, quantize.scheme, compute
+            )
             set_module(model, path, empty)
             quantized[path] = empty
     _load_tensors(model, quantized, module, directory)
@@ -161,6 +170,10 @@ def _check_count(model: nn.Module, quantized: Mapping[str, nn.Module], plan: Pla
     """The weights the quantized Linears stand for, plus every other parameter: the plan's count."""
     inside = {id(p) for m in quantized.values() for p in m.parameters()}
     count = sum(p.numel() for p in model.parameters() if id(p) not in inside)
-    count += sum(m.in_features * m.out_features + (m.bias.numel() if m.bias is not None else 0) for m in quantized.values())  # type: ignore[operator,misc]
+    count += sum(
+        m.in_features * m.out_features + (m.bias.numel() if m.bias is not None else 0) for m in quantized.values()
+    )  # type: ignore[operator,misc]
     if count != plan.params.after_prune:
-        raise PlanError(f"{directory}: the quantized model stands for {count} parameters, the plan says {plan.params.after_prune}")
+        raise PlanError(
+            f"{directory}: the quantized model stands for {count} parameters, the plan says {plan.params.after_prune}"
+        )

@@ -27,7 +27,9 @@ def apply(plan: Plan, model: nn.Module) -> nn.Module:
     # (a dropped context_norm of the new last block takes the converted norm's form: LN(c) alone).
     for op in plan.ops:
         if op.kind == "convert_last_block":
-            convert_to_context_pre_only(model.get_submodule(f"{plan.stacks[op.stack].module}.{op.block}"), plan.target.family)
+            convert_to_context_pre_only(
+                model.get_submodule(f"{plan.stacks[op.stack].module}.{op.block}"), plan.target.family
+            )
     for path in dropped_part_modules(plan):
         replace_part(model, path)
     for stack in plan.stacks.values():

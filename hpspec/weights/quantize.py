@@ -21,23 +21,24 @@ from __future__ import annotations
 
 import importlib
 import json
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-from hpspec.core.version import __version__
-from hpspec.weights.checkpoint.layout import shard_names
 from hpspec.core.errors import HpspecError, PlanError
-from hpspec.core.paths import CONFIG_NAME, PLAN_NAME, WEIGHTS_INDEX_SUFFIX, WEIGHTS_NAME
 from hpspec.core.io import dumps_json
+from hpspec.core.paths import CONFIG_NAME, PLAN_NAME, WEIGHTS_INDEX_SUFFIX, WEIGHTS_NAME
+from hpspec.core.version import __version__
 from hpspec.model.safetensors_header import TORCH_DTYPES as NAMES
 from hpspec.plan.plan import Plan, QuantizePlan
-from hpspec.plan.schemes import COMPUTE, QUANTIZE_BACKENDS, QUANTIZE_SCHEMES
 from hpspec.plan.quantize_layout import LayoutTensor, SourceTensor, quant_state_width, under, weight_bytes
+from hpspec.plan.schemes import COMPUTE, QUANTIZE_BACKENDS, QUANTIZE_SCHEMES
+from hpspec.weights.checkpoint.layout import shard_names
 from hpspec.weights.surgery import set_module
 
 TORCH_DTYPES: Mapping[str, torch.dtype] = {name: getattr(torch, dtype.torch) for name, dtype in COMPUTE.items()}
@@ -57,7 +58,9 @@ def backend(scheme: str) -> ModuleType:
     try:  # the library itself is imported with its back end, on first use
         return importlib.import_module(f"hpspec.weights.backends.{BACKEND_MODULES[library]}")
     except ImportError as error:
-        raise HpspecError(f"quantize {scheme} needs {library} ({error}); install {QUANTIZE_SCHEMES[scheme].install}") from None
+        raise HpspecError(
+            f"quantize {scheme} needs {library} ({error}); install {QUANTIZE_SCHEMES[scheme].install}"
+        ) from None
 
 
 def quantized_types() -> tuple[type, ...]:
@@ -207,19 +210,35 @@ def write_quantized(model: nn.Module, plan: Plan, out: Path, source_config: Mapp
     check_layout(state, layout)
     shards = _shards(state)
     names = shard_names(len(shards))
-    metadata = {"format": "pt", "hpspec_version": __version__, "hpspec_plan_sha256": plan.sha256, "hpspec_quantize": plan.quantize.scheme}
+    metadata = {
+        "format": "pt",
+        "hpspec_version": __version__,
+        "hpspec_plan_sha256": plan.sha256,
+        "hpspec_quantize": plan.quantize.scheme,
+    }
     for name, shard in zip(names, shards):
         save_file({key: state[key] for key in shard}, str(out / name), metadata=metadata)
     if len(names) > 1:
         weight_map = {key: name for name, shard in zip(names, shards) for key in shard}
-        index = {"metadata": {"total_size": sum(t.nbytes for t in layout)}, "weight_map": dict(sorted(weight_map.items()))}
+        index = {
+            "metadata": {"total_size": sum(t.nbytes for t in layout)},
+            "weight_map": dict(sorted(weight_map.items())),
+        }
         (out / f"{WEIGHTS_NAME}{WEIGHTS_INDEX_SUFFIX}").write_text(dumps_json(index), encoding="utf-8")
     config = {**source_config, "quantization_config": quantization_config(plan.quantize, kept)}
     (out / CONFIG_NAME).write_text(dumps_json(config), encoding="utf-8")
     (out / PLAN_NAME).write_text(plan.to_json(), encoding="utf-8")
     paths = [*replaced, *kept]
     readable = diffusers_readable(plan, paths, kept)
-    return Quantized(tuple(names), len(state), sum(t.nbytes for t in layout), weight_bytes(layout), len(replaced), tuple(kept), readable)
+    return Quantized(
+        tuple(names),
+        len(state),
+        sum(t.nbytes for t in layout),
+        weight_bytes(layout),
+        len(replaced),
+        tuple(kept),
+        readable,
+    )
 
 
 def _shards(state: Mapping[str, torch.Tensor]) -> list[list[str]]:

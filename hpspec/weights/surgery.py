@@ -10,7 +10,8 @@ position, exactly. The freeze set (PWP) is applied here too.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F

@@ -8,9 +8,10 @@ are set, which numpy tests on the raw integers of every width safetensors stores
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from hpspec.core.errors import CheckpointError, HpspecError
 from hpspec.model.safetensors_header import Header, TensorEntry

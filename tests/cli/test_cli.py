@@ -27,6 +27,32 @@ print(codes, heavy)
     assert out.strip().splitlines()[-1] == "[0, 0, 0, 0] []"
 
 
+def test_check_loads_no_command_group_and_no_stage() -> None:
+    program = f"""
+import sys
+from hpspec.cli import main
+code = main(["check", {str(MODERATE)!r}])
+loaded = sorted(m for m in sys.modules if m.startswith(("hpspec.cli.", "hpspec.stages", "hpspec.method", "hpspec.report", "hpspec.weights")))
+print(code, loaded)
+"""
+    out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True, cwd=REPO).stdout
+    assert out.strip().splitlines()[-1] == "0 ['hpspec.cli.app', 'hpspec.cli.groups', 'hpspec.cli.output']"
+
+
+def test_the_command_table_names_what_each_group_registers() -> None:
+    import argparse
+
+    from hpspec.cli import groups
+
+    registered: dict[str, str] = {}
+    for name in groups.GROUPS:
+        commands = argparse.ArgumentParser().add_subparsers()
+        groups.group_modules(next(c for c, g in groups.COMMANDS.items() if g == name))[0].register(commands)
+        registered.update({command: name for command in commands.choices})
+    assert registered == groups.COMMANDS
+    assert not set(groups.CORE) & set(registered)
+
+
 def test_plan_json_output_is_written_atomically_and_reads_back(cli, tmp_path: Path) -> None:
     out = tmp_path / "plan.json"
     assert cli("plan", "--format", "json", "-o", out, MODERATE).code == 0

@@ -7,14 +7,23 @@ pipeline (its VAE and text encoders).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from hpspec.core.errors import DataError
 from hpspec.core.io import atomic_directory, dumps_json
 from hpspec.method.distill.data import (
-    DEFAULT_UNCONDITIONAL_FRACTION, FORMAT, LATENTS, MANIFEST_NAME, POOLED, STATES, UNCONDITIONAL_NAME, VERSION, Shapes,
+    DEFAULT_UNCONDITIONAL_FRACTION,
+    FORMAT,
+    LATENTS,
+    MANIFEST_NAME,
+    POOLED,
+    STATES,
+    UNCONDITIONAL_NAME,
+    VERSION,
+    Shapes,
 )
 
 if TYPE_CHECKING:
@@ -40,7 +49,7 @@ def write_data_folder(
     batch_size: int = 16,
     shard_size: int = 4096,
     unconditional: bool = True,
-    dtype: "torch.dtype | None" = None,
+    dtype: torch.dtype | None = None,
     description: str | None = None,
 ) -> Written:
     """Encode (image, caption) pairs into a data folder at `out`, written atomically.
@@ -103,19 +112,30 @@ def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
         yield chunk
 
 
-def _shapes_of(latents: "torch.Tensor", states: "torch.Tensor", pooled: "torch.Tensor", known: Shapes | None, n: int) -> Shapes:
-    if latents.dim() != 4 or states.dim() != 3 or pooled.dim() != 2 or not latents.shape[0] == states.shape[0] == pooled.shape[0] == n:
+def _shapes_of(
+    latents: torch.Tensor, states: torch.Tensor, pooled: torch.Tensor, known: Shapes | None, n: int
+) -> Shapes:
+    if (
+        latents.dim() != 4
+        or states.dim() != 3
+        or pooled.dim() != 2
+        or not latents.shape[0] == states.shape[0] == pooled.shape[0] == n
+    ):
         raise DataError(
             f"encoders returned latents {list(latents.shape)}, states {list(states.shape)}, pooled {list(pooled.shape)} "
             f"for {n} examples; expected (n, C, H, W), (n, T, D), (n, P)"
         )
     shapes = Shapes(tuple(latents.shape[1:]), tuple(states.shape[1:]), pooled.shape[1])  # type: ignore[arg-type]
     if known is not None and shapes != known:
-        raise DataError(f"encoders returned {shapes} after {known}: every example must have the same shapes (one resolution)")
+        raise DataError(
+            f"encoders returned {shapes} after {known}: every example must have the same shapes (one resolution)"
+        )
     return shapes
 
 
-def _flush(tmp: Path, shards: list[dict[str, Any]], pending: list[dict[str, "torch.Tensor"]], size: int, dtype: Any, save: Any) -> list[dict[str, "torch.Tensor"]]:
+def _flush(
+    tmp: Path, shards: list[dict[str, Any]], pending: list[dict[str, torch.Tensor]], size: int, dtype: Any, save: Any
+) -> list[dict[str, torch.Tensor]]:
     """Write the first `size` pending rows as the next shard; return the rest."""
     import torch
 
@@ -128,7 +148,7 @@ def _flush(tmp: Path, shards: list[dict[str, Any]], pending: list[dict[str, "tor
     return [rest] if rest[LATENTS].shape[0] else []
 
 
-def _stored(tensor: "torch.Tensor", dtype: Any) -> "torch.Tensor":
+def _stored(tensor: torch.Tensor, dtype: Any) -> torch.Tensor:
     tensor = tensor.detach().cpu()
     return (tensor.to(dtype) if dtype is not None else tensor).contiguous()
 
@@ -149,15 +169,17 @@ def pipeline_encoders(pipe: Any, resolution: int, max_sequence_length: int = 256
     device = getattr(pipe, "_execution_device", None) or torch.device("cpu")
     flux = type(pipe).__name__.startswith("Flux")
 
-    def encode_images(images: Sequence[Any]) -> "torch.Tensor":
+    def encode_images(images: Sequence[Any]) -> torch.Tensor:
         pixels = torch.cat([_square(pipe, image, resolution) for image in images]).to(device, vae.dtype)
         latents = vae.encode(pixels).latent_dist.mode()
         return ((latents - shift) * scaling).float().cpu()
 
-    def encode_text(captions: Sequence[str]) -> tuple["torch.Tensor", "torch.Tensor"]:
+    def encode_text(captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         captions = list(captions)
         if flux:
-            states, pooled, _ = pipe.encode_prompt(prompt=captions, prompt_2=captions, device=device, max_sequence_length=max_sequence_length)
+            states, pooled, _ = pipe.encode_prompt(
+                prompt=captions, prompt_2=captions, device=device, max_sequence_length=max_sequence_length
+            )
         else:
             states, _, pooled, _ = pipe.encode_prompt(
                 prompt=captions, prompt_2=captions, prompt_3=captions, device=device,
@@ -168,12 +190,14 @@ def pipeline_encoders(pipe: Any, resolution: int, max_sequence_length: int = 256
     return encode_images, encode_text
 
 
-def _square(pipe: Any, image: Any, resolution: int) -> "torch.Tensor":
+def _square(pipe: Any, image: Any, resolution: int) -> torch.Tensor:
     """Resize the short side to `resolution`, centre-crop, and normalise to [-1, 1] as the pipeline does."""
     if hasattr(image, "size") and not callable(image.size):  # PIL
         width, height = image.size
         scale = resolution / min(width, height)
-        image = image.convert("RGB").resize((max(resolution, round(width * scale)), max(resolution, round(height * scale))))
+        image = image.convert("RGB").resize(
+            (max(resolution, round(width * scale)), max(resolution, round(height * scale)))
+        )
         left, top = (image.size[0] - resolution) // 2, (image.size[1] - resolution) // 2
         image = image.crop((left, top, left + resolution, top + resolution))
     return pipe.image_processor.preprocess(image, height=resolution, width=resolution)

@@ -25,20 +25,24 @@ def checkpoint_root(out: Path) -> Path:
     return out.parent / f".{out.name}.checkpoints"
 
 
-def save_checkpoint(accelerator: "Accelerator", checkpoints: Path, step: int, curve: list[dict[str, float]], run_key: str) -> None:
+def save_checkpoint(
+    accelerator: Accelerator, checkpoints: Path, step: int, curve: list[dict[str, float]], run_key: str
+) -> None:
     """accelerate's state at `step` (every process), then the progress file; older checkpoints go."""
     target = checkpoints / f"step-{step:09d}"
     accelerator.save_state(str(target))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        (target / PROGRESS_NAME).write_text(dumps_json({"step": step, "curve": curve, "run_key": run_key}), encoding="utf-8")
+        (target / PROGRESS_NAME).write_text(
+            dumps_json({"step": step, "curve": curve, "run_key": run_key}), encoding="utf-8"
+        )
         for older in checkpoints.glob("step-*"):  # the one just written is complete: older ones go
             if older != target:
                 shutil.rmtree(older, ignore_errors=True)
     accelerator.wait_for_everyone()
 
 
-def resume(checkpoints: Path, accelerator: "Accelerator") -> tuple[int, list[dict[str, float]]]:
+def resume(checkpoints: Path, accelerator: Accelerator) -> tuple[int, list[dict[str, float]]]:
     """The latest complete checkpoint of this run (same plan, inputs, teacher, table, data), if any."""
     complete = sorted(p for p in checkpoints.glob("step-*") if (p / PROGRESS_NAME).is_file())
     if not complete:

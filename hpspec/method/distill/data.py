@@ -19,9 +19,10 @@ Latents are in the transformer's input space (VAE latents minus `shift_factor`, 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from hpspec.core.errors import DataError
 from hpspec.core.io import read_json_input
@@ -45,9 +46,9 @@ DEFAULT_UNCONDITIONAL_FRACTION = 0.1
 class Batch:
     """Clean latents x0 and their text conditioning, on the CPU in float32."""
 
-    latents: "torch.Tensor"  # (B, C, H, W)
-    states: "torch.Tensor"  # (B, T, D)
-    pooled: "torch.Tensor"  # (B, P)
+    latents: torch.Tensor  # (B, C, H, W)
+    states: torch.Tensor  # (B, T, D)
+    pooled: torch.Tensor  # (B, P)
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ class DistillData(Protocol):
 
     def __len__(self) -> int: ...
 
-    def batch(self, rows: "torch.Tensor", uniform: "torch.Tensor", unconditional: "torch.Tensor") -> Batch:
+    def batch(self, rows: torch.Tensor, uniform: torch.Tensor, unconditional: torch.Tensor) -> Batch:
         """Examples `rows`; `uniform` in [0, 1) picks among variants; `unconditional` marks empty prompts."""
         ...
 
@@ -99,9 +100,13 @@ def check_fits(data: DistillData, family: str, config: Mapping[str, Any], where:
     if side is not None and max(height, width) // packing > int(config.get(side) or 10**9):
         problems.append(f"latents of {height}x{width} exceed the model's {side} {config.get(side)}")
     if text_width != int(config["joint_attention_dim"]):
-        problems.append(f"text embeddings are {text_width} wide, the model's joint_attention_dim is {config['joint_attention_dim']}")
+        problems.append(
+            f"text embeddings are {text_width} wide, the model's joint_attention_dim is {config['joint_attention_dim']}"
+        )
     if pooled != int(config["pooled_projection_dim"]):
-        problems.append(f"pooled embeddings are {pooled} wide, the model's pooled_projection_dim is {config['pooled_projection_dim']}")
+        problems.append(
+            f"pooled embeddings are {pooled} wide, the model's pooled_projection_dim is {config['pooled_projection_dim']}"
+        )
     if problems:
         raise DataError(f"{where}: does not fit the model: " + "; ".join(problems))
 
@@ -112,17 +117,17 @@ def check_fits(data: DistillData, family: str, config: Mapping[str, Any], where:
 
 @dataclass(frozen=True)
 class DemoData:
-    images: "torch.Tensor"  # (N, 1, 8, 8) in [-1, 1]: the demo model's latent space is pixels
-    labels: "torch.Tensor"
-    prompts: "torch.Tensor"  # (10 * templates, T, D): row d * templates + k
-    pooled_prompts: "torch.Tensor"
-    empty: tuple["torch.Tensor", "torch.Tensor"]
+    images: torch.Tensor  # (N, 1, 8, 8) in [-1, 1]: the demo model's latent space is pixels
+    labels: torch.Tensor
+    prompts: torch.Tensor  # (10 * templates, T, D): row d * templates + k
+    pooled_prompts: torch.Tensor
+    empty: tuple[torch.Tensor, torch.Tensor]
     templates: int
     shapes: Shapes
     unconditional_fraction: float = DEMO_UNCONDITIONAL_FRACTION
 
     @classmethod
-    def load(cls) -> "DemoData":
+    def load(cls) -> DemoData:
         from hpspec.demo.data import digits_model_space
         from hpspec.demo.text import load_text_encoder
         from hpspec.demo.training import PromptBank
@@ -138,7 +143,7 @@ class DemoData:
     def __len__(self) -> int:
         return self.images.shape[0]
 
-    def batch(self, rows: "torch.Tensor", uniform: "torch.Tensor", unconditional: "torch.Tensor") -> Batch:
+    def batch(self, rows: torch.Tensor, uniform: torch.Tensor, unconditional: torch.Tensor) -> Batch:
         import torch
 
         template = (uniform * self.templates).long().clamp(max=self.templates - 1)
@@ -179,7 +184,7 @@ class LatentFolder:
     _handles: dict[Path, Any]
 
     @classmethod
-    def open(cls, directory: Path) -> "LatentFolder":
+    def open(cls, directory: Path) -> LatentFolder:
         manifest = _read_manifest(directory)
         shapes = Shapes(
             _dims(manifest, "latent_shape", 3, directory), _dims(manifest, "text_shape", 2, directory),
@@ -187,7 +192,9 @@ class LatentFolder:
         )  # fmt: skip
         shards = tuple(_check_shard(directory, entry, shapes) for entry in _list(manifest, "shards", directory))
         if sum(s.count for s in shards) != manifest["count"] or not shards:
-            raise DataError(f"{directory / MANIFEST_NAME}: count {manifest['count']} is not the sum of its shards' counts")
+            raise DataError(
+                f"{directory / MANIFEST_NAME}: count {manifest['count']} is not the sum of its shards' counts"
+            )
         fraction = 0.0
         if manifest.get("unconditional"):
             _check_unconditional(directory / str(manifest["unconditional"]), shapes)
@@ -199,7 +206,7 @@ class LatentFolder:
     def __len__(self) -> int:
         return int(self.manifest["count"])
 
-    def batch(self, rows: "torch.Tensor", uniform: "torch.Tensor", unconditional: "torch.Tensor") -> Batch:
+    def batch(self, rows: torch.Tensor, uniform: torch.Tensor, unconditional: torch.Tensor) -> Batch:
         import torch
 
         latents, states, pooled = [], [], []
@@ -214,7 +221,11 @@ class LatentFolder:
             return batch
         empty_states, empty_pooled = self._unconditional()
         drop = unconditional.view(-1, 1, 1)
-        return Batch(batch.latents, torch.where(drop, empty_states, batch.states), torch.where(drop.view(-1, 1), empty_pooled, batch.pooled))
+        return Batch(
+            batch.latents,
+            torch.where(drop, empty_states, batch.states),
+            torch.where(drop.view(-1, 1), empty_pooled, batch.pooled),
+        )
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -241,7 +252,7 @@ class LatentFolder:
             self._handles[path] = safe_open(str(path), framework="pt")
         return self._handles[path]
 
-    def _unconditional(self) -> tuple["torch.Tensor", "torch.Tensor"]:
+    def _unconditional(self) -> tuple[torch.Tensor, torch.Tensor]:
         handle = self._handle(self.directory / str(self.manifest["unconditional"]))
         return handle.get_tensor(STATES).float(), handle.get_tensor(POOLED).float()
 
@@ -254,7 +265,7 @@ def _read_manifest(directory: Path) -> dict[str, Any]:
         raise DataError(f"{directory}: no {MANIFEST_NAME}; a distillation data folder is described in docs/distill.md")
     manifest = read_json_input(path, "data manifest")
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise DataError(f"{path}: not an hpspec data manifest (expected \"format\": \"{FORMAT}\")")
+        raise DataError(f'{path}: not an hpspec data manifest (expected "format": "{FORMAT}")')
     if manifest.get("version") != VERSION:
         raise DataError(f"{path}: version {manifest.get('version')!r}; this hpspec reads version {VERSION}")
     count = manifest.get("count")
@@ -266,8 +277,14 @@ def _read_manifest(directory: Path) -> dict[str, Any]:
 def _dims(manifest: Mapping[str, Any], key: str, length: int, directory: Path) -> Any:
     value = manifest.get(key)
     value = [value] if length == 1 and isinstance(value, int) else value
-    if not isinstance(value, list) or len(value) != length or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
-        raise DataError(f"{directory / MANIFEST_NAME}: {key} must be {length} positive integer(s), got {manifest.get(key)!r}")
+    if (
+        not isinstance(value, list)
+        or len(value) != length
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+    ):
+        raise DataError(
+            f"{directory / MANIFEST_NAME}: {key} must be {length} positive integer(s), got {manifest.get(key)!r}"
+        )
     return tuple(value)
 
 
@@ -281,7 +298,7 @@ def _list(manifest: Mapping[str, Any], key: str, directory: Path) -> list[Any]:
 def _check_shard(directory: Path, entry: Any, shapes: Shapes) -> ShardInfo:
     where = directory / MANIFEST_NAME
     if not isinstance(entry, dict) or not isinstance(entry.get("file"), str) or not isinstance(entry.get("count"), int):
-        raise DataError(f"{where}: a shard is {{\"file\": NAME, \"count\": N}}, got {entry!r}")
+        raise DataError(f'{where}: a shard is {{"file": NAME, "count": N}}, got {entry!r}')
     path = directory / entry["file"]
     if Path(entry["file"]).name != entry["file"] or not path.is_file():
         raise DataError(f"{where}: shard {entry['file']!r} is not a file inside {directory}")

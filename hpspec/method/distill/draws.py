@@ -8,9 +8,10 @@ and a resumed run continues exactly. Each epoch is a fresh permutation of the ex
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
@@ -18,17 +19,17 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Draws:
-    rows: "torch.Tensor"
-    uniform: "torch.Tensor"
-    unconditional: "torch.Tensor"
-    noise: "torch.Tensor"
-    sigma: "torch.Tensor"
+    rows: torch.Tensor
+    uniform: torch.Tensor
+    unconditional: torch.Tensor
+    noise: torch.Tensor
+    sigma: torch.Tensor
 
-    def slice(self, start: int, stop: int) -> "Draws":
+    def slice(self, start: int, stop: int) -> Draws:
         return Draws(*(t[start:stop] for t in (self.rows, self.uniform, self.unconditional, self.noise, self.sigma)))
 
 
-def _generator(seed: int, stream: int, index: int) -> "torch.Generator":
+def _generator(seed: int, stream: int, index: int) -> torch.Generator:
     import torch
 
     mixed = hashlib.sha256(f"{seed}:{stream}:{index}".encode()).digest()
@@ -36,7 +37,7 @@ def _generator(seed: int, stream: int, index: int) -> "torch.Generator":
 
 
 @lru_cache(maxsize=4)
-def _epoch_order(seed: int, epoch: int, count: int) -> "torch.Tensor":
+def _epoch_order(seed: int, epoch: int, count: int) -> torch.Tensor:
     import torch
 
     return torch.randperm(count, generator=_generator(seed, 0, epoch))

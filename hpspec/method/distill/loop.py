@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 from hpspec.core.errors import DistillError, DistillStopped
 from hpspec.method.distill.checkpoints import resume, save_checkpoint
@@ -46,8 +47,8 @@ class Job:
 
     plan: Plan
     distill: DistillPlan
-    student: "nn.Module"
-    teacher: "nn.Module"
+    student: nn.Module
+    teacher: nn.Module
     family: Family
     data: DistillData
     guide: Guidance
@@ -74,7 +75,7 @@ class Outcome:
     device: str
 
 
-def make_accelerator(distill: DistillPlan) -> "Accelerator":
+def make_accelerator(distill: DistillPlan) -> Accelerator:
     """bf16 autocast on a GPU unless accelerate's config says otherwise; fp32 on CPUs."""
     import torch
     from accelerate import Accelerator
@@ -87,7 +88,7 @@ def make_accelerator(distill: DistillPlan) -> "Accelerator":
     return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=precision, kwargs_handlers=handlers)
 
 
-def process_state() -> "PartialState":
+def process_state() -> PartialState:
     """This process's place among those `accelerate launch` (or torchrun) started.
 
     Without a GPU the state must be asked for on CPUs, else accelerate sees one process per launch:
@@ -101,7 +102,7 @@ def process_state() -> "PartialState":
     return PartialState(cpu=not torch.cuda.is_available())
 
 
-def optimizer_for(student: "nn.Module", guide: "Guidance", lr: float) -> "torch.optim.Optimizer":
+def optimizer_for(student: nn.Module, guide: Guidance, lr: float) -> torch.optim.Optimizer:
     """AdamW over the trainable parameters only, one group per update scale (lr · scale)."""
     import torch
 
@@ -110,11 +111,14 @@ def optimizer_for(student: "nn.Module", guide: "Guidance", lr: float) -> "torch.
     grouped = groups(trainable, guide)
     if not grouped:
         raise DistillError("nothing to train: every parameter is frozen (by `preserve` and SGDistill)")
-    param_groups = [{"params": [params[n] for n in names], "lr": lr * scale, "hpspec_scale": scale} for scale, names in grouped.items()]
+    param_groups = [
+        {"params": [params[n] for n in names], "lr": lr * scale, "hpspec_scale": scale}
+        for scale, names in grouped.items()
+    ]
     return torch.optim.AdamW(param_groups, lr=lr, betas=BETAS, weight_decay=WEIGHT_DECAY)
 
 
-def train(job: Job, accelerator: "Accelerator", checkpoints: Path) -> tuple[Outcome, "nn.Module"]:
+def train(job: Job, accelerator: Accelerator, checkpoints: Path) -> tuple[Outcome, nn.Module]:
     """Run (or resume) the job's steps, checkpointing into `checkpoints`; returns the outcome and the
     prepared student. Stops early with DistillStopped when `stop_after` says so."""
     distill = job.distill
@@ -134,7 +138,9 @@ def train(job: Job, accelerator: "Accelerator", checkpoints: Path) -> tuple[Outc
     bar = _progress_bar(job, accelerator, start)
     began = time.monotonic()
     for step in range(start, distill.steps):
-        draw = draws(distill.seed, step, distill.batch, len(job.data), job.data.shapes.latent, job.data.unconditional_fraction)
+        draw = draws(
+            distill.seed, step, distill.batch, len(job.data), job.data.shapes.latent, job.data.unconditional_fraction
+        )
         mine = draw.slice(rank * local, (rank + 1) * local)
         batch = _to(job.data.batch(mine.rows, mine.uniform, mine.unconditional), accelerator.device)
         terms = losses(job, student, batch, mine, (height, width), student_capture, teacher_capture, accelerator)
@@ -164,7 +170,7 @@ def train(job: Job, accelerator: "Accelerator", checkpoints: Path) -> tuple[Outc
     return Outcome(ran, start, seconds, curve, world, str(accelerator.mixed_precision), device), student
 
 
-def _to(batch: "Batch", device: "torch.device") -> "Batch":
+def _to(batch: Batch, device: torch.device) -> Batch:
     return Batch(batch.latents.to(device), batch.states.to(device), batch.pooled.to(device))
 
 
@@ -175,12 +181,12 @@ class _Window:
         self.sums: dict[str, float] = {}
         self.count = 0
 
-    def add(self, terms: Mapping[str, "torch.Tensor"]) -> None:
+    def add(self, terms: Mapping[str, torch.Tensor]) -> None:
         for name, value in terms.items():
             self.sums[name] = self.sums.get(name, 0.0) + float(value.detach())
         self.count += 1
 
-    def mean(self, accelerator: "Accelerator") -> dict[str, float]:
+    def mean(self, accelerator: Accelerator) -> dict[str, float]:
         import torch
 
         names = sorted(self.sums)
@@ -190,14 +196,14 @@ class _Window:
         return {n: float(v) for n, v in zip(names, reduced.tolist())}
 
 
-def _progress_bar(job: Job, accelerator: "Accelerator", start: int) -> Any:
+def _progress_bar(job: Job, accelerator: Accelerator, start: int) -> Any:
     from tqdm.auto import tqdm
 
     enabled = job.progress and accelerator.is_main_process
     return tqdm(total=job.distill.steps, initial=start, desc="distill", unit="step", disable=not enabled, leave=False)
 
 
-def _fix_deepspeed_batch(accelerator: "Accelerator", local: int) -> None:
+def _fix_deepspeed_batch(accelerator: Accelerator, local: int) -> None:
     """DeepSpeed wants its micro-batch size even without a data loader."""
     plugin = getattr(accelerator.state, "deepspeed_plugin", None)
     if plugin is not None:

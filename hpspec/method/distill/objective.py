@@ -13,8 +13,9 @@ it came from (the plan's index map).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from hpspec.method.sgdistill import kept_blocks
 from hpspec.model.arch import architecture
@@ -46,12 +47,17 @@ class Family:
     name: str
     config: Mapping[str, Any]
 
-    def layout(self, latents: "torch.Tensor") -> "torch.Tensor":
+    def layout(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> what the transformer takes: FLUX packs 2x2 patches into tokens ([latents] pack)."""
         return pack_latents(latents, architecture(self.name).latents.pack)
 
-    def inputs(self, x: "torch.Tensor", sigma: "torch.Tensor", batch: "Batch", height: int, width: int) -> dict[str, Any]:
-        common = {"hidden_states": x, "encoder_hidden_states": batch.states, "pooled_projections": batch.pooled, "return_dict": False}
+    def inputs(self, x: torch.Tensor, sigma: torch.Tensor, batch: Batch, height: int, width: int) -> dict[str, Any]:
+        common = {
+            "hidden_states": x,
+            "encoder_hidden_states": batch.states,
+            "pooled_projections": batch.pooled,
+            "return_dict": False,
+        }
         if self.name != "flux":
             return {**common, "timestep": sigma * 1000}
         import torch
@@ -73,12 +79,12 @@ class Family:
 class Capture:
     """Forward hooks that keep the outputs of some blocks of a model during one forward pass."""
 
-    def __init__(self, model: "nn.Module", paths: Sequence[str]) -> None:
+    def __init__(self, model: nn.Module, paths: Sequence[str]) -> None:
         self.outputs: dict[str, Any] = {}
         self.handles = [model.get_submodule(p).register_forward_hook(self._hook(p)) for p in paths]
 
     def _hook(self, path: str) -> Callable[..., None]:
-        def keep(module: "nn.Module", args: Any, output: Any) -> None:
+        def keep(module: nn.Module, args: Any, output: Any) -> None:
             self.outputs[path] = output
 
         return keep
@@ -102,7 +108,9 @@ def _streams(output: Any) -> tuple[Any, ...]:
     return tuple(output) if isinstance(output, (tuple, list)) else (output,)
 
 
-def feature_loss(student: Mapping[str, Any], teacher: Mapping[str, Any], pairs: Sequence[tuple[str, str]]) -> "torch.Tensor":
+def feature_loss(
+    student: Mapping[str, Any], teacher: Mapping[str, Any], pairs: Sequence[tuple[str, str]]
+) -> torch.Tensor:
     """Σ MSE over matched blocks and both streams; a stream the student's block no longer has (the
     converted last block's text stream) is skipped."""
     import torch
@@ -120,8 +128,8 @@ def feature_loss(student: Mapping[str, Any], teacher: Mapping[str, Any], pairs: 
 # The loss
 
 
-def losses(job: "Job", student: "nn.Module", batch: "Batch", draw: Draws, size: tuple[int, int], student_capture: Capture,
-            teacher_capture: Capture, accelerator: "Accelerator") -> dict[str, "torch.Tensor"]:  # fmt: skip
+def losses(job: Job, student: nn.Module, batch: Batch, draw: Draws, size: tuple[int, int], student_capture: Capture,
+            teacher_capture: Capture, accelerator: Accelerator) -> dict[str, torch.Tensor]:  # fmt: skip
     import torch
     import torch.nn.functional as F
 
@@ -146,11 +154,15 @@ def losses(job: "Job", student: "nn.Module", batch: "Batch", draw: Draws, size: 
         terms["output"] = F.mse_loss(student_v, teacher_v.float())
         terms["features"] = feature_loss(student_features, teacher_features, job.pairs)
     zero = torch.zeros((), device=device)
-    terms["loss"] = distill.output * terms.get("output", zero) + distill.features * terms.get("features", zero) + distill.task * terms["task"]
+    terms["loss"] = (
+        distill.output * terms.get("output", zero)
+        + distill.features * terms.get("features", zero)
+        + distill.task * terms["task"]
+    )
     return terms
 
 
-def _cast(inputs: Mapping[str, Any], dtype: "torch.dtype") -> dict[str, Any]:
+def _cast(inputs: Mapping[str, Any], dtype: torch.dtype) -> dict[str, Any]:
     """Latents and text in the teacher's dtype (a bf16 teacher beside an fp32 student on a GPU)."""
     import torch
 

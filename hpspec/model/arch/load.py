@@ -7,16 +7,21 @@ names the file and the key.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Mapping
 from functools import cache, lru_cache
 from importlib import resources
 from typing import Any, TypeVar
 
-import tomllib
 from pydantic import BaseModel, ValidationError
 
 from hpspec.core.errors import ArchitectureDataError
 from hpspec.model.arch.rules import Architecture, BuiltinModel, Models
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10
+    import tomli as tomllib
 
 MODELS_FILE = "models.toml"
 DATA_PACKAGE = "hpspec.model.arch"  # where the *.toml files lie

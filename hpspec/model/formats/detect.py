@@ -95,7 +95,9 @@ def detect(header: Header) -> SingleFile:
     counts = block_indices(rule or key_map_of_family(family), list(tensors), "original" if rule else "diffusers")
     shapes = diffusers_shapes(rule, {n: e.shape for n, e in tensors.items()}, counts)
     inferred = infer_config(family, shapes, counts, str(header.path))
-    return SingleFile(header, layout, family, prefix, prefix_name, tensors, counts, ignored, inferred.config, inferred.assumed)
+    return SingleFile(
+        header, layout, family, prefix, prefix_name, tensors, counts, ignored, inferred.config, inferred.assumed
+    )
 
 
 def _diffusers_family(path: Path, tensors: Mapping[str, TensorEntry]) -> str:
@@ -110,7 +112,7 @@ def _split(header: Header) -> tuple[str, str | None, dict[str, TensorEntry], dic
     names = header.tensors
     for rule in layouts().prefixes:
         if any(n.startswith(rule.prefix) for n in names):
-            kept = {n[len(rule.prefix):]: e for n, e in names.items() if n.startswith(rule.prefix)}
+            kept = {n[len(rule.prefix) :]: e for n, e in names.items() if n.startswith(rule.prefix)}
             rest = [n for n in names if not n.startswith(rule.prefix)]
             return rule.prefix, rule.name, kept, _ignored(rest)
     other = layouts().ignored

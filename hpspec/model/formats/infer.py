@@ -22,7 +22,13 @@ from hpspec.model.arch import builtin_models, class_name_of
 from hpspec.model.formats.keymap import expand
 from hpspec.model.formats.rules import KeyMap
 
-HINTS = ("attention_head_dim", "num_attention_heads", "axes_dims_rope", "sample_size", "patch_size")  # not in the shapes
+HINTS = (
+    "attention_head_dim",
+    "num_attention_heads",
+    "axes_dims_rope",
+    "sample_size",
+    "patch_size",
+)  # not in the shapes
 Shapes = Mapping[str, tuple[int, ...]]  # diffusers name -> shape
 
 
@@ -32,13 +38,21 @@ class Inferred:
     assumed: tuple[str, ...]  # facts not read from shapes, each with where it came from
 
 
-def diffusers_shapes(rule: KeyMap | None, shapes: Shapes, counts: Mapping[str, Sequence[int]]) -> dict[str, tuple[int, ...]]:
+def diffusers_shapes(
+    rule: KeyMap | None, shapes: Shapes, counts: Mapping[str, Sequence[int]]
+) -> dict[str, tuple[int, ...]]:
     """Shapes by diffusers name of every whole (unfused) tensor of an original-layout file."""
     if rule is None:
         return dict(shapes)
     provisional: dict[str, Any] = {key: len(found) for key, found in counts.items()}
     blocks = range(max(provisional.values(), default=0))
-    provisional.update(num_attention_heads=1, attention_head_dim=1, qk_norm="rms_norm", guidance_embeds=True, dual_attention_layers=tuple(blocks))
+    provisional.update(
+        num_attention_heads=1,
+        attention_head_dim=1,
+        qk_norm="rms_norm",
+        guidance_embeds=True,
+        dual_attention_layers=tuple(blocks),
+    )
     out = {}
     for fused in expand(rule, provisional, counts):
         piece = fused.pieces[0]
@@ -53,7 +67,9 @@ def infer_config(family: str, shapes: Shapes, counts: Mapping[str, Sequence[int]
     try:
         config = _flux(shapes, counts, assumed) if family == "flux" else _sd3(shapes, counts, assumed)
     except KeyError as missing:
-        raise LayoutError(f"{where}: cannot infer the {family} config: no tensor {missing.args[0]!r} (its diffusers name)") from None
+        raise LayoutError(
+            f"{where}: cannot infer the {family} config: no tensor {missing.args[0]!r} (its diffusers name)"
+        ) from None
     return Inferred({"_class_name": class_name_of(family), **config}, tuple(assumed))
 
 
@@ -86,7 +102,9 @@ def _head(shapes: Shapes, family: str, dim: int, assumed: list[str]) -> int:
         return shapes[norms[0]][0]
     model, head = _known(family, "attention_head_dim")
     if dim % head:  # not a released width: one head is a guess that converts right but may not load right
-        assumed.append(f"attention_head_dim = {dim}: no qk-norm weights to read it from and {model}'s {head} does not divide the width; one head assumed")
+        assumed.append(
+            f"attention_head_dim = {dim}: no qk-norm weights to read it from and {model}'s {head} does not divide the width; one head assumed"
+        )
         return dim
     assumed.append(f"attention_head_dim = {head}: no qk-norm weights to read it from; {model}'s")
     return int(head)

@@ -50,7 +50,9 @@ def facts(rule: KeyMap, config: Mapping[str, Any]) -> dict[str, Any]:
     return names
 
 
-def expand(rule: KeyMap, config: Mapping[str, Any], index: Mapping[str, Sequence[int]] | None = None) -> tuple[Fused, ...]:
+def expand(
+    rule: KeyMap, config: Mapping[str, Any], index: Mapping[str, Sequence[int]] | None = None
+) -> tuple[Fused, ...]:
     """Every tensor of the original layout for `config`. `index[count]` maps diffusers block i to the
     original layout's block number (a file with gaps); by default they are equal."""
     names = facts(rule, config)
@@ -60,7 +62,11 @@ def expand(rule: KeyMap, config: Mapping[str, Any], index: Mapping[str, Sequence
             local = {**names, "i": i}
             if not evaluate(group.when, local):
                 continue
-            number = i if i is None or index is None or group.count is None or group.count not in index else index[group.count][i]
+            number = (
+                i
+                if i is None or index is None or group.count is None or group.count not in index
+                else index[group.count][i]
+            )
             out.extend(_rows(group, local, i, number))
     return tuple(out)
 
@@ -169,8 +175,19 @@ def renumber(rule: KeyMap, name: str, kept: Mapping[str, Sequence[int]], side: s
             return name
         if old not in numbers:
             return None
-        return template.replace(INDEX, str(numbers.index(old))) + name[match.end():]
+        return template.replace(INDEX, str(numbers.index(old))) + name[match.end() :]
     return name
 
 
-__all__ = ["Fused", "Slice", "block_indices", "block_pattern", "expand", "facts", "key_map", "renumber", "to_diffusers", "to_original"]
+__all__ = [
+    "Fused",
+    "Slice",
+    "block_indices",
+    "block_pattern",
+    "expand",
+    "facts",
+    "key_map",
+    "renumber",
+    "to_diffusers",
+    "to_original",
+]

@@ -1,5 +1,7 @@
 """Rule: one `distill` statement, its options checked and completed with their defaults.
 
+Example:
+
     target sd3.5-medium
     distill weight=uniform mode=inverse
     warning: `mode` has an effect only with `weight=sensitivity`

@@ -1,5 +1,7 @@
 """Rule: every `drop` selector, resolved; a drop that another drop already covers is a warning.
 
+Example:
+
     target sd3.5-medium
     drop blocks[3], block[3]
     warning: block[3] is dropped twice

@@ -1,5 +1,7 @@
 """Rule: a spec keeps at least one block.
 
+Example:
+
     target sd3.5-medium
     drop blocks[:]
     error: this spec drops every block of sd3.5-medium

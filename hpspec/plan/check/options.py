@@ -47,7 +47,9 @@ QUANTIZE_OPTIONS: dict[str, DistillOption] = {
 }
 
 
-def read_options(ctx: Context, options: Iterable[s.Option], known: dict[str, DistillOption], statement: str) -> dict[str, object]:
+def read_options(
+    ctx: Context, options: Iterable[s.Option], known: dict[str, DistillOption], statement: str
+) -> dict[str, object]:
     """The valid options a statement gives, by key (unknown keys, repeats and bad values reported)."""
     values: dict[str, object] = {}
     spans: dict[str, Span] = {}
@@ -57,7 +59,9 @@ def read_options(ctx: Context, options: Iterable[s.Option], known: dict[str, Dis
             ctx.unknown(f"`{statement}` option", option.key, known, "options are")
             continue
         if key in spans:
-            ctx.sink.error(f"`{key}` is given twice", option.key.span, help=f"it is already set on line {spans[key].line}")
+            ctx.sink.error(
+                f"`{key}` is given twice", option.key.span, help=f"it is already set on line {spans[key].line}"
+            )
             continue
         value = _option_value(ctx, option, known[key])
         if value is not None:

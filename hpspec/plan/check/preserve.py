@@ -1,5 +1,7 @@
 """Rule: `preserve` (the freeze set): `auto`, selectors and quoted module paths that survive pruning.
 
+Example:
+
     target sd3.5-medium
     drop blocks[3]
     preserve blocks[0:4]
@@ -35,14 +37,20 @@ def check_preserve(ctx: Context) -> None:
                 if check_module_path(ctx, entry, dropped, "preserve"):
                     modules.append(entry.value)
             else:
-                items.extend(located.item for located in resolve(ctx, entry) or () if not _preserving_dropped(ctx, located, dropped))
+                items.extend(
+                    located.item
+                    for located in resolve(ctx, entry) or ()
+                    if not _preserving_dropped(ctx, located, dropped)
+                )
     if auto_span is not None and not ctx.drops:
         ctx.sink.warning(
             "nothing is dropped, so `preserve auto` freezes every parameter",
             auto_span,
             help="PWP freezes everything before the first removed block or part",
         )
-    ctx.preserve = PreserveSetting(auto_span is not None, tuple(sorted(set(items), key=Item.sort_key)), tuple(dict.fromkeys(modules)))
+    ctx.preserve = PreserveSetting(
+        auto_span is not None, tuple(sorted(set(items), key=Item.sort_key)), tuple(dict.fromkeys(modules))
+    )
 
 
 def _preserving_dropped(ctx: Context, located: Located, dropped: set[Item]) -> bool:

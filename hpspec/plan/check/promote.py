@@ -1,5 +1,7 @@
 """Rule: a block whose every part is dropped becomes a whole-block drop, with a warning.
 
+Example:
+
     target sd3.5-medium
     drop block[20].norm, block[20].context_norm, block[20].attn, block[20].mlp, block[20].context_mlp
     warning: every part of block 20 is dropped: it becomes a whole-block drop

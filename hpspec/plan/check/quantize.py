@@ -1,5 +1,7 @@
 """Rule: one `quantize SCHEME` statement; its exceptions must survive pruning.
 
+Example:
+
     target sd3.5-medium
     drop blocks[3]
     quantize nf4 except blocks[3]
@@ -23,7 +25,9 @@ def check_quantize(ctx: Context) -> None:
     if not statements:
         return
     for extra in statements[1:]:
-        ctx.sink.error("a spec has one `quantize` statement", extra.span, help=f"the first is on line {statements[0].span.line}")
+        ctx.sink.error(
+            "a spec has one `quantize` statement", extra.span, help=f"the first is on line {statements[0].span.line}"
+        )
     statement = statements[0]
     scheme = statement.scheme.text
     if scheme not in SCHEMES:
@@ -46,4 +50,6 @@ def check_quantize(ctx: Context) -> None:
             items.append(located.item)
     options = read_options(ctx, statement.options, QUANTIZE_OPTIONS, "quantize")
     resolved = {key: options.get(key, option.default) for key, option in QUANTIZE_OPTIONS.items()}
-    ctx.quantize = QuantizeSetting(scheme, tuple(sorted(set(items), key=Item.sort_key)), tuple(dict.fromkeys(modules)), resolved)
+    ctx.quantize = QuantizeSetting(
+        scheme, tuple(sorted(set(items), key=Item.sort_key)), tuple(dict.fromkeys(modules)), resolved
+    )

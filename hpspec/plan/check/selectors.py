@@ -32,7 +32,9 @@ def resolve(ctx: Context, selector: s.Selector) -> list[Located] | None:
     assert stack is not None
     if singular and (len(selector.indices) != 1 or isinstance(selector.indices[0], s.Slice)):
         plural = next(st.name for st in ctx.graph.stacks if st.name == stack_name)
-        ctx.sink.error(f"`{word}[...]` takes a single index", selector.span, help=f"write `{plural}[...]` to select several")
+        ctx.sink.error(
+            f"`{word}[...]` takes a single index", selector.span, help=f"write `{plural}[...]` to select several"
+        )
         return None
     indices: list[tuple[int, Span]] = []
     ok = True
@@ -54,7 +56,9 @@ def resolve(ctx: Context, selector: s.Selector) -> list[Located] | None:
             _absent_part(ctx, selector.part, block)
             ok = False
             continue
-        located.append(Located(Item(ctx.stack_order[stack_name], stack_name, i, part), span if part is None else selector.span))
+        located.append(
+            Located(Item(ctx.stack_order[stack_name], stack_name, i, part), span if part is None else selector.span)
+        )
     return located if ok else None
 
 

@@ -1,5 +1,7 @@
 """target: the model graph a spec is checked against (`--target` wins over the spec's `target`).
 
+Example:
+
     target "no/such/model"
     error: no/such/model: no such file or directory
 """

@@ -98,7 +98,15 @@ class PlanDiff:
 
     @property
     def empty(self) -> bool:
-        changes = (self.target, *self.dropped, *self.restored, *self.converted, *self.unconverted, *self.freeze, *self.settings)
+        changes = (
+            self.target,
+            *self.dropped,
+            *self.restored,
+            *self.converted,
+            *self.unconverted,
+            *self.freeze,
+            *self.settings,
+        )
         counts = (*self.blocks_dropped.values(), self.parts_dropped, self.params, self.bytes, self.frozen_params)
         return not any(changes) and all(c.delta == 0 for c in counts)
 

@@ -31,7 +31,11 @@ def table_rows(d: PlanDiff) -> list[list[str]]:
         p = d.parts_dropped
         rows.append(["parts dropped", str(p.before), str(p.after), _signed(p.delta)])
     rows.append(
-        ["parameters", *(f"{n:,} ({_share(n, d.params_total)})" for n in (d.params.before, d.params.after)), _signed(d.params.delta)]
+        [
+            "parameters",
+            *(f"{n:,} ({_share(n, d.params_total)})" for n in (d.params.before, d.params.after)),
+            _signed(d.params.delta),
+        ]
     )
     delta = d.bytes.delta
     signed_bytes = ("+" if delta > 0 else "") + human_bytes(delta) if delta else "0"
@@ -52,7 +56,10 @@ def detail_sections(d: PlanDiff) -> list[tuple[str, list[str]]]:
         ("Target", [f"{_value(d.target.before)} → {_value(d.target.after)}"] if d.target else []),
         ("Newly dropped", _removal_lines(d.dropped, "already gone")),
         ("Restored", _removal_lines(d.restored, "still dropped")),
-        ("Last-block conversion", [*(_conversion(r, True) for r in d.converted), *(_conversion(r, False) for r in d.unconverted)]),
+        (
+            "Last-block conversion",
+            [*(_conversion(r, True) for r in d.converted), *(_conversion(r, False) for r in d.unconverted)],
+        ),
         ("Freeze", _freeze_lines(d.freeze)),
         ("Settings", [f"`{c.what}`: {_value(c.before)} → {_value(c.after)}" for c in d.settings]),
     ]
@@ -122,7 +129,9 @@ def headline(d: PlanDiff) -> str:
         if items:
             moved.append(f"{len(items)} {noun}{'s' * (len(items) != 1)} {verb}")
     delta = d.params.delta
-    moved.append(f"parameters {_signed(delta)} ({delta / d.params_total:+.2%} of the model)" if delta else "parameters unchanged")
+    moved.append(
+        f"parameters {_signed(delta)} ({delta / d.params_total:+.2%} of the model)" if delta else "parameters unchanged"
+    )
     return "; ".join(moved) + "."
 
 

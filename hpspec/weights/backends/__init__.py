@@ -1,2 +1,1 @@
-"""The quantize back ends (bitsandbytes, optimum-quanto), each imported on first use.
-"""
+"""The quantize back ends (bitsandbytes, optimum-quanto), each imported on first use."""

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -53,15 +53,25 @@ def dequantize_4bit(weight: torch.Tensor) -> torch.Tensor:
     return bnbf.dequantize_4bit(weight.data, flat).reshape(state.shape)
 
 
-def dequantize_int8(module: "Linear8bit") -> torch.Tensor:
+def dequantize_int8(module: Linear8bit) -> torch.Tensor:
     return bnbf.int8_vectorwise_dequant(module.weight.data, module.scales)
 
 
 class Linear4bit(bnb.nn.Linear4bit):
     """bitsandbytes' Linear4bit; on a CPU, dequantize-then-matmul at the compute dtype."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool, compute: torch.dtype, scheme: str, device: str | None = None):
-        super().__init__(in_features, out_features, bias, compute, compress_statistics=True, quant_type=scheme, device=device)
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool,
+        compute: torch.dtype,
+        scheme: str,
+        device: str | None = None,
+    ):
+        super().__init__(
+            in_features, out_features, bias, compute, compress_statistics=True, quant_type=scheme, device=device
+        )
         self.support_avx512bf16_for_cpu = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -105,7 +115,9 @@ def quantize_linear(linear: nn.Linear, scheme: str, compute: torch.dtype) -> nn.
         module.weight = bnb.nn.Int8Params(weight, requires_grad=False, has_fp16_weights=False).to(weight.device)
     else:
         module = Linear4bit(linear.in_features, linear.out_features, bias, compute, scheme, device="meta")
-        module.weight = bnb.nn.Params4bit(weight, requires_grad=False, quant_type=scheme, module=module).to(weight.device)
+        module.weight = bnb.nn.Params4bit(weight, requires_grad=False, quant_type=scheme, module=module).to(
+            weight.device
+        )
     if linear.bias is not None:
         module.bias = nn.Parameter(linear.bias.data.to(compute), requires_grad=False)
     return module
@@ -123,10 +135,14 @@ def load_linear(module: nn.Module, tensors: Mapping[str, torch.Tensor]) -> None:
         fmt = int(tensors["weight_format"].item())
         if fmt != FORMAT_ROW:
             raise ValueError(f"weight_format {fmt}; bitsandbytes reads row-major (0) only")
-        module.weight = bnb.nn.Int8Params(tensors["weight"], requires_grad=False, has_fp16_weights=False, CB=tensors["weight"], SCB=tensors["SCB"])
+        module.weight = bnb.nn.Int8Params(
+            tensors["weight"], requires_grad=False, has_fp16_weights=False, CB=tensors["weight"], SCB=tensors["SCB"]
+        )
     else:
         stats = {name: t for name, t in tensors.items() if name.startswith("weight.")}
-        module.weight = bnb.nn.Params4bit.from_prequantized(tensors["weight"], stats, requires_grad=False, device="cpu", module=module)
+        module.weight = bnb.nn.Params4bit.from_prequantized(
+            tensors["weight"], stats, requires_grad=False, device="cpu", module=module
+        )
     if "bias" in tensors:
         module.bias = nn.Parameter(tensors["bias"], requires_grad=False)
 

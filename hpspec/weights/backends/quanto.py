@@ -15,7 +15,7 @@ pure-torch kernel for the CPU: int4 never compiles anything.
 from __future__ import annotations
 
 import warnings
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -67,7 +67,9 @@ def quantize_linear(linear: nn.Linear, scheme: str, compute: torch.dtype) -> nn.
     weight = linear.weight.data.to(compute)
     group = module.weight_group_size
     scale, shift = oq.MaxOptimizer()(weight, qtype=oq.qint4, axis=0, group_size=group)
-    quantized = oq.quantize_weight(weight, qtype=oq.qint4, axis=0, scale=scale, shift=shift, group_size=group, optimized=False)
+    quantized = oq.quantize_weight(
+        weight, qtype=oq.qint4, axis=0, scale=scale, shift=shift, group_size=group, optimized=False
+    )
     module.weight = nn.Parameter(quantized, requires_grad=False)
     if linear.bias is not None:
         module.bias = nn.Parameter(linear.bias.data.to(compute), requires_grad=False)

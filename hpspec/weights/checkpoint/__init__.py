@@ -19,7 +19,13 @@ from hpspec.weights.checkpoint.layout import (
     shard_names,
 )
 from hpspec.weights.checkpoint.source import (
-    Source, check_fingerprint, hash_cache_dir, open_source, refuse_foreign_layout, sha256_file, source_sha256,
+    Source,
+    check_fingerprint,
+    hash_cache_dir,
+    open_source,
+    refuse_foreign_layout,
+    sha256_file,
+    source_sha256,
 )
 from hpspec.weights.checkpoint.writer import Written, write_pruned
 

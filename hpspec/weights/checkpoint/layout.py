@@ -21,7 +21,6 @@ from hpspec.plan.plan import Plan
 from hpspec.plan.quantize_layout import under  # a name at or below one of some module paths
 from hpspec.weights.checkpoint.source import Source
 
-
 # --------------------------------------------------------------------------------------------
 # Plan -> names: which tensors go, which are renamed, which are converted
 
@@ -116,7 +115,9 @@ def _converted(entry: TensorEntry, name: str, path: Path, rule: LastBlockRule) -
     """
     rows = entry.shape[0] if entry.shape else 0
     if rows == 0 or rows % rule.chunks:
-        raise CheckpointError(f"{path}: {entry.name!r} has shape {list(entry.shape)}; a {rule.chunks}-chunk modulation was expected")
+        raise CheckpointError(
+            f"{path}: {entry.name!r} has shape {list(entry.shape)}; a {rule.chunks}-chunk modulation was expected"
+        )
     chunk = (entry.end - entry.begin) // rule.chunks
     segments = tuple(Segment(path, entry.begin + k * chunk, entry.begin + (k + 1) * chunk) for k in rule.keeps)
     return OutTensor(name, entry.dtype, (rule.kept_rows(rows), *entry.shape[1:]), segments)

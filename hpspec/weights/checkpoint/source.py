@@ -14,9 +14,10 @@ import os
 import re
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from hpspec.core.errors import CheckpointError, PlanError
 from hpspec.core.io import cache_dir, read_json_input, write_text_atomic
@@ -79,7 +80,11 @@ def _model_name(directory: Path) -> str:
 
 # Key prefixes of single-file layouts hpspec does not read (yet): (prefix, layout, diffusers loader).
 _FOREIGN_LAYOUTS = (
-    ("model.diffusion_model.", "ComfyUI / original all-in-one (`model.diffusion_model.*`)", "SD3Transformer2DModel or FluxTransformer2DModel"),
+    (
+        "model.diffusion_model.",
+        "ComfyUI / original all-in-one (`model.diffusion_model.*`)",
+        "SD3Transformer2DModel or FluxTransformer2DModel",
+    ),
     ("joint_blocks.", "Stability AI (SAI) reference SD3 (`joint_blocks.*`)", "SD3Transformer2DModel"),
     ("double_blocks.", "Black Forest Labs (BFL) reference FLUX (`double_blocks.*`)", "FluxTransformer2DModel"),
     ("single_blocks.", "Black Forest Labs (BFL) reference FLUX (`single_blocks.*`)", "FluxTransformer2DModel"),
@@ -143,7 +148,9 @@ def _refuse_unindexed_shard(index: Path, named: set[str]) -> None:
         for number in range(1, count + 1):
             sibling = f"{match['stem']}-{number:05d}-of-{match['count']}.safetensors"
             if sibling not in named and os.path.lexists(index.parent / sibling):
-                raise CheckpointError(f"{index}: does not name {sibling}, shard {number} of {count} beside it (an incomplete index)")
+                raise CheckpointError(
+                    f"{index}: does not name {sibling}, shard {number} of {count} beside it (an incomplete index)"
+                )
 
 
 def _check_config_matches_weights(config: Mapping[str, Any], config_path: Path, headers: Sequence[Header]) -> None:
@@ -152,17 +159,26 @@ def _check_config_matches_weights(config: Mapping[str, Any], config_path: Path, 
     held = {e.name: (e.shape, h.path) for h in headers for e in h.tensors.values()}
     for name, (shape, path) in held.items():
         if name not in implied:
-            raise CheckpointError(f"{config_path}: does not match the weights: {path.name} holds {name!r}, which this config has no place for")
+            raise CheckpointError(
+                f"{config_path}: does not match the weights: {path.name} holds {name!r}, which this config has no place for"
+            )
         if tuple(implied[name][0]) != tuple(shape):
             raise CheckpointError(
                 f"{config_path}: does not match the weights: {name!r} is {list(shape)} in {path.name} "
                 f"but {list(implied[name][0])} by config.json"
             )
     # A missing buffer is rebuilt by diffusers from the config (SD3's positional table): not an error.
-    buffers = {t.name for rule in architecture(family_of_config(config, str(config_path))).outside for t in rule.tensors if t.buffer}
+    buffers = {
+        t.name
+        for rule in architecture(family_of_config(config, str(config_path))).outside
+        for t in rule.tensors
+        if t.buffer
+    }
     missing = next((n for n in implied if n not in held and n not in buffers), None)
     if missing is not None:
-        raise CheckpointError(f"{config_path}: does not match the weights: it implies {missing!r}, which no shard holds")
+        raise CheckpointError(
+            f"{config_path}: does not match the weights: it implies {missing!r}, which no shard holds"
+        )
 
 
 def check_fingerprint(plan: Plan, graph: ModelGraph, where: str) -> None:

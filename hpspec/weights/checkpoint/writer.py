@@ -12,9 +12,10 @@ from __future__ import annotations
 import errno
 import json
 import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 from hpspec.core import faults
 from hpspec.core.errors import CheckpointError, HpspecError, PlanError
@@ -60,7 +61,9 @@ def write_pruned(plan: Plan, source: Source, out: Path, progress: bool = True) -
     return _write(plan, source, layout, params, out, progress)
 
 
-def _write(plan: Plan, source: Source, layout: list[list[OutTensor]], params: int, out: Path, progress: bool) -> Written:
+def _write(
+    plan: Plan, source: Source, layout: list[list[OutTensor]], params: int, out: Path, progress: bool
+) -> Written:
     names = shard_names(len(layout))
     metadata = _provenance(plan, source, {p.name: SHA256_PLACEHOLDER for p in source.shards})
     faults.point("prune.before_write", out)
@@ -94,7 +97,11 @@ def _header_bytes(shard: Sequence[OutTensor], metadata: Mapping[str, str]) -> by
     header: dict[str, Any] = {"__metadata__": dict(metadata)}
     offset = 0
     for tensor in shard:
-        header[tensor.name] = {"dtype": tensor.dtype, "shape": list(tensor.shape), "data_offsets": [offset, offset + tensor.nbytes]}
+        header[tensor.name] = {
+            "dtype": tensor.dtype,
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + tensor.nbytes],
+        }
         offset += tensor.nbytes
     raw = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
     return raw + b" " * (-len(raw) % 8)  # tensor data 8-byte aligned, as safetensors writes it
@@ -144,7 +151,12 @@ def _runs(shard: Sequence[OutTensor]) -> Iterator[Segment]:
 
 
 def _copy_all(
-    out: Path, names: Sequence[str], layout: Sequence[Sequence[OutTensor]], total: int, sources: Sequence[Path], progress: bool
+    out: Path,
+    names: Sequence[str],
+    layout: Sequence[Sequence[OutTensor]],
+    total: int,
+    sources: Sequence[Path],
+    progress: bool,
 ) -> dict[str, str]:
     hasher = HashThread(sources)
     hasher.start()

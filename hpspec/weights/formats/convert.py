@@ -111,7 +111,9 @@ def _open_diffusers(path: Path) -> Model:
 # Row slices -> byte ranges
 
 
-def assemble(mapping: Mapping[str, Sequence[Slice]], sources: Mapping[str, OutTensor], where: str) -> dict[str, OutTensor]:
+def assemble(
+    mapping: Mapping[str, Sequence[Slice]], sources: Mapping[str, OutTensor], where: str
+) -> dict[str, OutTensor]:
     """Each target tensor of `mapping` from row slices of `sources`; every source used, none missing."""
     missing = sorted({s.name for slices in mapping.values() for s in slices} - set(sources))
     if missing:
@@ -120,7 +122,10 @@ def assemble(mapping: Mapping[str, Sequence[Slice]], sources: Mapping[str, OutTe
     unknown = sorted(set(sources) - used)
     if unknown:
         raise LayoutError(f"{where}: {len(unknown)} tensors the key map does not know: {_some(unknown)}")
-    return {name: _joined(name, [_cut(sources[s.name], s, where) for s in slices], where) for name, slices in mapping.items()}
+    return {
+        name: _joined(name, [_cut(sources[s.name], s, where) for s in slices], where)
+        for name, slices in mapping.items()
+    }
 
 
 def _some(names: Sequence[str], shown: int = 4) -> str:
@@ -136,7 +141,12 @@ def _cut(tensor: OutTensor, piece: Slice, where: str) -> OutTensor:
     if not 0 <= piece.begin < piece.end <= rows:
         raise LayoutError(f"{where}: {tensor.name!r} has {rows} rows; the key map wants rows {piece.begin}:{piece.end}")
     row = tensor.nbytes // rows
-    return OutTensor(tensor.name, tensor.dtype, (piece.end - piece.begin, *tensor.shape[1:]), byte_range(tensor.segments, piece.begin * row, piece.end * row))
+    return OutTensor(
+        tensor.name,
+        tensor.dtype,
+        (piece.end - piece.begin, *tensor.shape[1:]),
+        byte_range(tensor.segments, piece.begin * row, piece.end * row),
+    )
 
 
 def byte_range(segments: Sequence[Segment], begin: int, end: int) -> tuple[Segment, ...]:
@@ -171,13 +181,18 @@ def _joined(name: str, parts: Sequence[OutTensor], where: str) -> OutTensor:
 def layout_tensors(model: Model, to: str) -> list[OutTensor]:
     """The output tensors of `model` in layout `to` (diffusers, bfl, sai, comfyui), in file order."""
     if to == DIFFUSERS:  # in source order: the copy reads each file front to back, in few runs
-        return sorted(model.tensors.values(), key=lambda t: (str(t.segments[0].path), t.segments[0].begin) if t.segments else ("", 0))
+        return sorted(
+            model.tensors.values(),
+            key=lambda t: (str(t.segments[0].path), t.segments[0].begin) if t.segments else ("", 0),
+        )
     rule = key_map_of_family(model.family)
     prefix = ""
     if to in {r.name for r in layouts().prefixes}:
         prefix = next(r.prefix for r in layouts().prefixes if r.name == to)
     elif to != rule.layout:
-        known = ", ".join(t for t in TARGETS if t in (DIFFUSERS, rule.layout) or t in {r.name for r in layouts().prefixes})
+        known = ", ".join(
+            t for t in TARGETS if t in (DIFFUSERS, rule.layout) or t in {r.name for r in layouts().prefixes}
+        )
         raise LayoutError(f"a {model.family} transformer cannot be written in the {to!r} layout; it can be: {known}")
     mapping = to_original(expand(rule, model.config))
     tensors = assemble(mapping, model.tensors, f"{model.family} -> {to}")
@@ -247,4 +262,3 @@ def atomic_file(out: Path, force: bool = False) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-

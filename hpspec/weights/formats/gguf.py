@@ -76,7 +76,9 @@ def parse_type(text: str) -> str:
     """`Q8_0`, `q8_0`, `gguf:Q8_0` -> `q8_0`; LayoutError for a type hpspec cannot write."""
     name = text.lower().removeprefix("gguf:").strip()
     if name not in TYPES:
-        hint = " (the gguf package can read K-quants but not write them)" if name.endswith("_k") or "_k_" in name else ""
+        hint = (
+            " (the gguf package can read K-quants but not write them)" if name.endswith("_k") or "_k_" in name else ""
+        )
         raise LayoutError(f"GGUF type {text!r} cannot be written{hint}; known: {', '.join(TYPES)}")
     return name
 
@@ -95,7 +97,11 @@ def tensor_type(arch: str, name: str, shape: Sequence[int], source_dtype: str, w
     """The GGML type one tensor is written in, for a requested file type (city96's rules)."""
     import gguf
 
-    fallback = "bf16" if source_dtype == "BF16" and wanted not in FLOAT_TYPES else ("f16" if wanted not in FLOAT_TYPES else wanted)
+    fallback = (
+        "bf16"
+        if source_dtype == "BF16" and wanted not in FLOAT_TYPES
+        else ("f16" if wanted not in FLOAT_TYPES else wanted)
+    )
     if len(shape) <= 1 or math.prod(shape) <= TINY:
         return "f32" if source_dtype in ("F32", "BF16") or wanted == "f32" else fallback
     if wanted in FLOAT_TYPES:
@@ -121,7 +127,9 @@ def write_gguf(model: Model, out: Path, wanted: str, force: bool = False) -> Pat
         writer.add_file_type(_file_type(wanted))
         writer.add_string(METADATA_CONFIG, _config_json(model.config))
         for tensor, kind in zip(tensors, types):
-            writer.add_tensor_info(tensor.name, tensor.shape, _np_float32(), _nbytes(tensor.shape, kind), raw_dtype=_ggml(kind))
+            writer.add_tensor_info(
+                tensor.name, tensor.shape, _np_float32(), _nbytes(tensor.shape, kind), raw_dtype=_ggml(kind)
+            )
         writer.write_header_to_file(path=tmp)
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
@@ -176,7 +184,9 @@ def _rows(tensor: OutTensor, first: int, last: int, rows: int) -> tuple[Segment,
     return byte_range(tensor.segments, first * row, last * row)
 
 
-def convert_to_gguf(source: Path, out: Path, wanted: str, force: bool = False, hints: Mapping[str, Any] | None = None) -> Path:
+def convert_to_gguf(
+    source: Path, out: Path, wanted: str, force: bool = False, hints: Mapping[str, Any] | None = None
+) -> Path:
     """A single file or diffusers folder written as GGUF (`hpspec convert IN --to gguf:q8_0`)."""
     parse_type(wanted)
     return write_gguf(open_model(source, hints), out, wanted, force)
@@ -223,7 +233,9 @@ def read_raw(tensor: OutTensor) -> Any:
             while offset < end:
                 count = handle.readinto(view[offset:end])
                 if not count:
-                    raise LayoutError(f"{segment.path}: ended at byte {segment.begin + offset - start} while being read (changed on disk?)")
+                    raise LayoutError(
+                        f"{segment.path}: ended at byte {segment.begin + offset - start} while being read (changed on disk?)"
+                    )
                 offset += count
     return raw
 
@@ -288,7 +300,9 @@ def read_gguf(path: Path) -> GGUFFile:
     tensors = {}
     for t in reader.tensors:
         shape = tuple(int(d) for d in reversed(t.shape.tolist()))
-        tensors[t.name] = GGUFTensor(t.name, t.tensor_type.name.lower(), shape, int(t.data_offset), int(t.data_offset) + int(t.n_bytes))
+        tensors[t.name] = GGUFTensor(
+            t.name, t.tensor_type.name.lower(), shape, int(t.data_offset), int(t.data_offset) + int(t.n_bytes)
+        )
     return GGUFFile(path, str(arch), tensors, fields)
 
 
@@ -311,7 +325,11 @@ def _field_value(field: Any) -> Any:
 
 
 def rewrite_gguf(
-    source: Path, out: Path, rename: Callable[[str], str | None], force: bool = False, strings: Mapping[str, str] | None = None
+    source: Path,
+    out: Path,
+    rename: Callable[[str], str | None],
+    force: bool = False,
+    strings: Mapping[str, str] | None = None,
 ) -> Path:
     """A copy of a GGUF with tensors renamed (None: dropped), quantized bytes copied as they are;
     `strings` replace (or add) string fields."""
@@ -327,7 +345,9 @@ def rewrite_gguf(
             writer.add_string(key, value)
         for name, t in kept:
             if name is not None:
-                writer.add_tensor_info(name, tuple(found.tensors[t.name].shape), _np_float32(), int(t.n_bytes), raw_dtype=t.tensor_type)
+                writer.add_tensor_info(
+                    name, tuple(found.tensors[t.name].shape), _np_float32(), int(t.n_bytes), raw_dtype=t.tensor_type
+                )
         writer.write_header_to_file(path=tmp)
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
@@ -361,11 +381,17 @@ def drop_blocks(source: Path, out: Path, drops: Mapping[str, Collection[int]], f
     for key, numbers in drops.items():
         unknown = sorted(set(numbers) - set(counts.get(key, ())))
         if unknown:
-            raise LayoutError(f"{source}: no {key} block {unknown[0]} to drop; the file has {list(counts.get(key, ()))}")
+            raise LayoutError(
+                f"{source}: no {key} block {unknown[0]} to drop; the file has {list(counts.get(key, ()))}"
+            )
     layers = counts.get("num_layers", ())
     if found.arch == "sd3" and layers and layers[-1] in drops.get("num_layers", ()):
-        raise LayoutError(f"{source}: dropping SD3's last block {layers[-1]} needs the last-block conversion; not done on a GGUF")
-    kept = {key: [n for n in found_numbers if n not in set(drops.get(key, ()))] for key, found_numbers in counts.items()}
+        raise LayoutError(
+            f"{source}: dropping SD3's last block {layers[-1]} needs the last-block conversion; not done on a GGUF"
+        )
+    kept = {
+        key: [n for n in found_numbers if n not in set(drops.get(key, ()))] for key, found_numbers in counts.items()
+    }
     strings = {}
     config = found.fields.get(METADATA_CONFIG)
     if isinstance(config, str):
