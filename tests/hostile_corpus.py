@@ -23,10 +23,11 @@ from hpspec.lang import syntax
 from hpspec.plan.check import COMPUTE_DTYPES, DISTILL_OPTIONS, SCHEMES, DistillOption, check, load_target
 from hpspec.core.errors import HpspecError
 from hpspec.lang.fmt import format_source, quote, statement_text
-from hpspec.model.graph import ModelGraph, resolve_target, target_names
+from hpspec.model.graph import ModelGraph
+from hpspec.model.targets import resolve_target, target_names
 from hpspec.core.io import read_text_input
 from hpspec.lang.parse import parse
-from hpspec.plan.plan import compile_plan
+from hpspec.plan.compile import compile_plan
 
 TARGETS = ("sd3.5-large-turbo", "sd3.5-medium", "flux.1-schnell", "demo")
 MODULES = ("context_embedder", "proj_out", "norm_out.linear", "pos_embed", "nonexistent.module", "transformer_blocks.0.attn")

@@ -18,9 +18,11 @@ import torch
 from torch import nn
 
 from hpspec.plan.check import check
-from hpspec.model.graph import graph_from_module, graph_from_path
+from hpspec.model.graph import graph_from_module
+from hpspec.model.targets import graph_from_path
 from hpspec.lang.parse import parse
-from hpspec.plan.plan import Plan, compile_plan
+from hpspec.plan.compile import compile_plan
+from hpspec.plan.plan import Plan
 
 SD3_CONFIG: dict[str, Any] = dict(
     sample_size=16, patch_size=2, in_channels=4, num_layers=6, attention_head_dim=8, num_attention_heads=4,
