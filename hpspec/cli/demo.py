@@ -242,7 +242,7 @@ def _table_matches(path: Path, settings: Settings) -> bool:
         return False
     try:
         return json.loads(path.read_text()).get("settings_hash") == settings_hash(settings.as_dict())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError, RecursionError):
         return False
 
 

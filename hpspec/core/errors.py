@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from hpspec.core.diagnostics import Diagnostic
+from hpspec.core.diagnostics import Diagnostic, render_all
 
 
 class HpspecError(Exception):
@@ -30,10 +30,14 @@ class SpecError(HpspecError):
     def __init__(self, diagnostics: Sequence[Diagnostic], source: str | None = None):
         self.diagnostics = tuple(diagnostics)
         self.source = source
-        super().__init__(self.render())
+        super().__init__(f"{len(self.diagnostics)} diagnostics")
+
+    def __str__(self) -> str:
+        return self.render()
 
     def render(self) -> str:
-        return "\n".join(d.render(self.source) for d in self.diagnostics)
+        """The diagnostics as `check` prints them (repeats merged, the total capped)."""
+        return render_all(self.diagnostics, self.source)
 
 
 class TargetError(HpspecError):
@@ -85,3 +89,8 @@ class DistillStopped(DistillError):
 class LayoutError(CheckpointError):
     """A single-file checkpoint's key layout is unknown or mixed, its format unreadable (a pickle), or a
     conversion between layouts is impossible."""
+
+
+class LoraError(HpspecError):
+    """A LoRA adapter cannot be remapped through a plan: a module that does not fit the model, a
+    name that is not a LoRA module, a file that is not an adapter."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -42,11 +43,27 @@ def read_text_input(path: Path, what: str = "file", limit: int = MAX_SPEC_BYTES)
 
 
 def read_json_input(path: Path, what: str = "JSON file", limit: int = 64 << 20) -> Any:
-    text = read_text_input(path, what, limit)
+    """A JSON input file, parsed by `parse_json`: every way it can be wrong is one HpspecError."""
+    return parse_json(read_text_input(path, what, limit), str(path), what)
+
+
+def parse_json(data: str | bytes, where: str, what: str = "JSON", error: type[HpspecError] = HpspecError) -> Any:
+    """The one JSON reader of every input (a config, a header, a plan, an index, a table): any
+    malformed text, a number too long for Python to convert or nesting too deep to decode becomes
+    one `error` naming `where`, never a traceback."""
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
-        raise HpspecError(f"{path}:{error.lineno}:{error.colno}: {what} is not valid JSON: {error.msg}") from None
+        return json.loads(data)
+    except json.JSONDecodeError as problem:
+        raise error(f"{where}:{problem.lineno}:{problem.colno}: {what} is not valid JSON: {problem.msg}") from None
+    except UnicodeDecodeError as problem:
+        raise error(f"{where}: {what} is not valid JSON: not UTF-8 text (byte {problem.start})") from None
+    except RecursionError:
+        raise error(f"{where}: {what} is not valid JSON hpspec can read: arrays or objects nested too deeply") from None
+    except ValueError:  # Python's limit on the digits of an integer it converts
+        limit = sys.get_int_max_str_digits()
+        raise error(
+            f"{where}: {what} holds an integer of more than {limit} digits; no real value is that long"
+        ) from None
 
 
 def cache_dir() -> Path | None:

@@ -184,7 +184,7 @@ def _load_partial(path: Path, digest: str) -> dict[str, dict]:
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # a torn line, or one nobody but a vandal writes
             continue
         if record.get("settings_hash") == digest:
             done[record["key"]] = record["value"]

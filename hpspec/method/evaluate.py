@@ -16,7 +16,6 @@ torch is imported only when something runs, so importing this module stays cheap
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -24,6 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from hpspec.core.io import read_json_input
 from hpspec.core.paths import CONFIG_NAME
 from hpspec.demo import default_prompts, transformer_dir
 
@@ -288,7 +288,7 @@ def is_demo_transformer(model_dir: str | Path) -> bool:
     config_file = Path(model_dir) / CONFIG_NAME
     if not config_file.is_file():
         return False
-    config = json.loads(config_file.read_text(encoding="utf-8"))
+    config = read_json_input(config_file, CONFIG_NAME)
     return (
         config.get("_class_name") == "SD3Transformer2DModel"
         and config.get("in_channels") == 1

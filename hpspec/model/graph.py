@@ -194,6 +194,7 @@ def graph_from_tensors(
     stacks = []
     for rule in arch.stacks:
         found = per_stack[rule.name]
+        require_sane_count(max(found, default=-1) + 1, f"{rule.module}.N", source)
         missing = sorted(set(range(len(found))) - set(found))
         if missing or (found and max(found) != len(found) - 1):
             gap = missing[0] if missing else len(found)
@@ -254,6 +255,19 @@ def _block(arch: Architecture, stack: str, module: str, index: int, tensors: Map
 # Sources
 
 
+MAX_BLOCKS = 10_000  # a sanity bound on a stack's blocks (the largest real model has 57), checked before expanding
+
+
+def require_sane_count(count: int, what: str, where: str) -> None:
+    """Refuse a block count no real model has before anything is built from it (a config saying a
+    million layers would otherwise take minutes and gigabytes to expand)."""
+    if count > MAX_BLOCKS:
+        raise TargetError(
+            f"{where}: {what} gives {count:,} blocks; hpspec accepts at most {MAX_BLOCKS:,} in a stack "
+            "(a sanity bound: no real model is near it)"
+        )
+
+
 def family_of_config(config: Mapping[str, Any], where: str) -> str:
     class_name = config.get("_class_name")
     family = family_of_class(class_name)
@@ -281,6 +295,7 @@ def tensors_from_config(
             count = config.get(stack.count)
             if not isinstance(count, int) or isinstance(count, bool) or count < 0:
                 raise TargetError(f"{where}: `{stack.count}` must be a non-negative integer, got {count!r}")
+            require_sane_count(count, f"`{stack.count}`", where)
             for index in range(count):
                 scope = {**names, "index": index, "count": count}
                 kind = next(k for k in arch.kinds if k.stack in (None, stack.name) and evaluate(k.when, scope))

@@ -8,7 +8,6 @@ with dtype and shape.
 
 from __future__ import annotations
 
-import json
 import math
 import struct
 from collections.abc import Mapping
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from hpspec.core.errors import CheckpointError
+from hpspec.core.io import parse_json
 
 DTYPE_BYTES: Mapping[str, int] = {
     "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1,
@@ -78,10 +78,7 @@ def read_header(path: Path) -> Header:
         raise CheckpointError(f"{path}: is a directory, expected a safetensors file") from None
     except OSError as error:
         raise CheckpointError(f"{path}: cannot read: {error.strerror or error}") from None
-    try:
-        header = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise CheckpointError(f"{path}: header is not valid JSON (not a safetensors file?)") from None
+    header = parse_json(raw, str(path), "header (of a safetensors file?)", CheckpointError)
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: header is not a JSON object")
     return _validate(path, header, 8 + length, size)

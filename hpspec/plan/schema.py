@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hpspec.core.errors import PlanError
-from hpspec.core.io import read_text_input
+from hpspec.core.io import parse_json, read_text_input
 from hpspec.plan.plan import SCHEMA_VERSION, Plan
 
 if TYPE_CHECKING:
@@ -39,10 +39,7 @@ def load_plan(text: str, where: str = "plan") -> Plan:
     """A Plan from its JSON, validated; a PlanError that says what is wrong otherwise."""
     from pydantic import ValidationError
 
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise PlanError(f"{where}: not JSON: {error.msg} at line {error.lineno}") from None
+    data = parse_json(text, where, "plan", PlanError)
     version = data.get("schema_version") if isinstance(data, dict) else None
     if version != SCHEMA_VERSION:
         raise PlanError(f"{where}: plan schema_version {version!r}; this hpspec reads version {SCHEMA_VERSION}")

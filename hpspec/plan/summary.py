@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 
-from hpspec.core.diagnostics import Diagnostic
+from hpspec.core.diagnostics import Diagnostic, render_all, shown
 from hpspec.model.graph import ModelGraph
 from hpspec.plan.plan import Plan
 
@@ -156,19 +156,25 @@ def _indent(text: str, by: str = "  ") -> str:
 
 
 def diagnostics_text(diagnostics: Sequence[Diagnostic], source: str | None) -> str:
-    return "".join(d.render(source) + "\n" for d in diagnostics)
+    """One file's diagnostics for a terminal: long lines cut, repeats merged, at most `MAX_SHOWN`."""
+    text = render_all(diagnostics, source)
+    return text + "\n" if text else ""
 
 
 def diagnostics_github(diagnostics: Sequence[Diagnostic]) -> str:
-    """Workflow commands that GitHub Actions turns into inline annotations."""
+    """Workflow commands that GitHub Actions turns into inline annotations (repeats merged, as in text)."""
     lines = []
-    for d in diagnostics:
+    items, left_out = shown(diagnostics)
+    for d, more in items:
         props = [f"file={_gh_property(d.path)}"]
         if d.span is not None:
             props += [f"line={d.span.line}", f"col={d.span.column}", f"endColumn={d.span.end_column}"]
         props.append("title=hpspec")
-        message = d.message + (f" ({d.help})" if d.help else "")
+        message = d.message + (f" ({d.help})" if d.help else "") + (f" (and {more:,} more like it)" if more else "")
         lines.append(f"::{d.severity} {','.join(props)}::{_gh_data(message)}")
+    if left_out:
+        note = f"{left_out:,} more diagnostics not shown"
+        lines.append(f"::notice file={_gh_property(diagnostics[0].path)},title=hpspec::{_gh_data(note)}")
     return "".join(line + "\n" for line in lines)
 
 

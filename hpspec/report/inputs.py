@@ -6,7 +6,6 @@ Input formats are documented in docs/report.md.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -98,5 +97,5 @@ def stage_inputs(directory: Path, plan: Plan, sensitivity: str | Path | None = N
     """A stage directory's report: its plan, the sensitivity table it used, and the SGDistill
     scales a distill stage wrote beside them."""
     scales_file = Path(directory) / SCALES_NAME
-    scales = json.loads(scales_file.read_text()) if scales_file.is_file() else None
+    scales = read_json_input(scales_file, SCALES_NAME) if scales_file.is_file() else None
     return ReportInputs(plan, sensitivity=load_table(Path(sensitivity)) if sensitivity else None, scales=scales)

@@ -7,12 +7,11 @@ is complete once its progress file (step, loss curve, run key) is written; only 
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hpspec.core.io import dumps_json
+from hpspec.core.io import dumps_json, read_json_input
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -48,6 +47,6 @@ def resume(checkpoints: Path, accelerator: Accelerator) -> tuple[int, list[dict[
     if not complete:
         return 0, []
     latest = complete[-1]
-    progress = json.loads((latest / PROGRESS_NAME).read_text(encoding="utf-8"))
+    progress = read_json_input(latest / PROGRESS_NAME, PROGRESS_NAME)
     accelerator.load_state(str(latest))
     return int(progress["step"]), list(progress["curve"])
