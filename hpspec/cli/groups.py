@@ -23,7 +23,7 @@ Registrar = Callable[[argparse._SubParsersAction], None]
 CORE = ("check", "plan", "graph")
 """The commands `hpspec.cli.app` registers itself: they load no group."""
 
-GROUPS = ("analysis", "demo", "review", "report", "stages", "distill", "quantize")
+GROUPS = ("analysis", "demo", "review", "report", "stages", "convert", "distill", "quantize", "lora")
 """Every group, in the order `hpspec --help` lists its commands."""
 
 COMMANDS = {
@@ -37,8 +37,10 @@ COMMANDS = {
     "report": "report",
     "compile": "stages",
     "prune": "stages",
+    "convert": "convert",
     "distill": "distill",
     "quantize": "quantize",
+    "lora": "lora",
 }
 """Which group registers each command (a test checks it against what the groups register)."""
 

@@ -13,3 +13,7 @@ PROVENANCE_NAME = "provenance.json"  # what a stage read, ran and wrote
 CARD_NAME = "README.md"  # a stage directory's model card
 REPORT_NAME = "report.html"  # a stage directory's report page
 SCALES_NAME = "scales.json"  # a distill stage's SGDistill update scales
+SINGLE_FILE_NAME = "transformer"  # the stem of a stage's one .safetensors or .gguf file in a single-file layout
+SAFETENSORS_SUFFIX = ".safetensors"
+GGUF_SUFFIX = ".gguf"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")  # torch.save files: refused, never read

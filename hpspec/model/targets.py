@@ -17,9 +17,10 @@ from typing import Any
 from hpspec.core.diagnostics import did_you_mean
 from hpspec.core.errors import CheckpointError, TargetError
 from hpspec.core.io import read_json_input
-from hpspec.core.paths import CONFIG_NAME, WEIGHTS_INDEX_SUFFIX
+from hpspec.core.paths import CONFIG_NAME, PICKLE_SUFFIXES, WEIGHTS_INDEX_SUFFIX
 from hpspec.demo.paths import transformer_dir
 from hpspec.model.arch import builtin_models
+from hpspec.model.formats.graph import foreign_kind, graph_of_file
 from hpspec.model.graph import (
     ModelGraph,
     graph_from_builtin,
@@ -29,7 +30,6 @@ from hpspec.model.graph import (
 from hpspec.model.safetensors_header import TORCH_DTYPES, read_header
 
 DEMO = "demo"
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 
 def target_names() -> tuple[str, ...]:
@@ -154,7 +154,10 @@ def read_config(path: Path) -> dict[str, Any]:
 
 
 def graph_from_path(path: Path, name: str | None = None) -> ModelGraph:
-    """The graph of a transformer on disk: headers when weights are there, else its config."""
+    """The graph of a transformer on disk: headers when weights are there, else its config; a single
+    file in another layout (bfl, sai, comfyui) or a GGUF from its header alone (model.formats)."""
+    if foreign_kind(path) is not None:
+        return graph_of_file(path, name)
     config_path, weights = find_transformer(path)
     config = read_config(config_path) if config_path is not None else None
     label = name or _model_name(Path(path))

@@ -34,11 +34,13 @@ def family_class(plan: Plan) -> str:
     return class_name_of(plan.target.family) or "transformer"
 
 
-def pruned_card(plan: Plan, source: Path) -> str:
-    """README.md of a pruned directory: what was done, and how to load it."""
+def pruned_card(plan: Plan, source: Path, layout: str = "diffusers") -> str:
+    """README.md of a pruned directory: what was done, and how to load it (`layout`: what `--to` wrote)."""
     family = family_class(plan)
     parts = any(op.kind == "drop_part" for op in plan.ops)
-    if parts:
+    if layout != "diffusers":
+        loading = single_file_loading(plan, layout)
+    elif parts:
         loading = (
             "Parts of blocks were replaced by parameter-free stand-ins, so plain diffusers `from_pretrained` "
             "does not rebuild this model (it would re-create the dropped parts with random weights). Load it with hpspec:"
@@ -65,10 +67,44 @@ def pruned_card(plan: Plan, source: Path) -> str:
             "",
             loading,
             "",
-            *LOAD_WITH_HPSPEC,
+            *(LOAD_WITH_HPSPEC if layout == "diffusers" else ()),
             "",
         ]
     )
+
+
+def comfyui_sd3_note(plan: Plan, layout: str) -> str | None:
+    """Stock ComfyUI counts an SD3 single file's blocks from its hidden width (depth = width / 64),
+    so a depth-pruned SD3 file does not load there; None where that does not apply."""
+    depth_changed = any(stack.after != stack.before for stack in plan.stacks.values())
+    if plan.target.family != "sd3" or layout in ("diffusers", "gguf") or not depth_changed:
+        return None
+    return (
+        "Stock ComfyUI builds an SD3 single file's block count from its hidden width, not from the blocks in the "
+        "file, so this depth-pruned file will not load there as is. Use the diffusers folder instead "
+        "(`hpspec compile ... --to diffusers`, loaded with `hpspec.load_pretrained`), or diffusers' "
+        f"`{family_class(plan)}.from_single_file(FILE, config=DIR)` with the config.json beside it."
+    )
+
+
+def single_file_loading(plan: Plan, layout: str) -> str:
+    """How a single-file output (bfl, sai, comfyui, gguf) loads."""
+    family = family_class(plan)
+    if layout.startswith("gguf"):
+        how = (
+            f"`transformer.gguf` ({layout}) loads in ComfyUI-GGUF, and in diffusers with "
+            f'`{family}.from_single_file("transformer.gguf", config=DIR, '
+            "quantization_config=GGUFQuantizationConfig(compute_dtype=torch.bfloat16))`."
+        )
+    else:
+        how = (
+            f"`transformer.safetensors` is in the {layout} layout, blocks numbered contiguously; diffusers loads it "
+            f'with `{family}.from_single_file("transformer.safetensors", config=DIR)` (DIR: this directory, for its '
+            "config.json)."
+        )
+    note = comfyui_sd3_note(plan, layout)
+    back = " `hpspec convert FILE --to diffusers -o DIR2` turns it into a diffusers folder."
+    return how + back + (f"\n\n{note}" if note else "")
 
 
 def distilled_card(plan: Plan, teacher: Path, curve: Sequence[Mapping[str, float]], scales: bool) -> str:

@@ -50,6 +50,7 @@ class PruneOptions:
 
     verify: bool = False  # --verify: scan every weight of the input for NaN and infinity first
 
+    to: str | None = None  # --to: the output layout (diffusers, bfl, sai, comfyui, gguf[:TYPE]); None: the input's
 
 @dataclass(frozen=True)
 class DistillOptions:

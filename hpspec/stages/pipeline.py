@@ -9,7 +9,7 @@ exporting its `Stage`). `compile_model` runs every declared stage that can run; 
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from hpspec.stages.distill import DISTILL
 from hpspec.stages.engine import OwnOptions, Stage, StageInput, StageOptions, StageResult, run_stage
 from hpspec.stages.prune import PRUNE
 from hpspec.stages.quantize import QUANTIZE
-from hpspec.weights.checkpoint.source import open_source
+from hpspec.weights.formats.pruned import source_graph
 
 STAGES: tuple[Stage, ...] = (PRUNE, DISTILL, QUANTIZE)
 """Every stage, in the order compile runs them; each reads the directory the one before wrote."""
@@ -55,7 +55,7 @@ def load_stage_plan(spec_or_plan: str, model: Path, target: str | None = None) -
         if target is not None:
             raise HpspecError(f"{spec_or_plan}: --target applies to specs; a plan already names its target")
         return load_plan_file(Path(spec_or_plan)), ""
-    plan, checked = plan_file(spec_or_plan, target, fallback=lambda: open_source(model).graph)
+    plan, checked = plan_file(spec_or_plan, target, fallback=lambda: source_graph(model))
     return plan, diagnostics_text(checked.diagnostics, checked.spec.source)
 
 
@@ -78,7 +78,7 @@ def compile_model(
     `model_label` is `--model` as the user wrote it (`demo`) and `target` compile's `--target`, both
     for the command that continues.
     """
-    options = options or StageOptions()
+    options = _layout_between_stages(plan, options or StageOptions())
     out = Path(out)
     created = not out.exists()
     results: list[StageResult] = []
@@ -101,6 +101,20 @@ def compile_model(
 
 
 def _cannot_run(step: Stage, source: Path, command: str, own: OwnOptions) -> str | None:
+def _layout_between_stages(plan: Plan, options: StageOptions) -> StageOptions:
+    """Distill and quantize read and write diffusers folders: with either declared, the prune stage
+    writes one too (`--to` another layout is an error that says so)."""
+    later = [step.name for step in STAGES[1:] if step.declared(plan)]
+    if not later:
+        return options
+    if options.prune.to not in (None, "diffusers"):
+        raise HpspecError(
+            f"--to {options.prune.to}: the spec also declares {' and '.join(later)}, which read and write diffusers "
+            "folders; compile with --to diffusers, then `hpspec convert` the last stage's output"
+        )
+    return replace(options, prune=replace(options.prune, to="diffusers"))
+
+
     """Why `step` cannot run now (not implemented, a required option missing), or None."""
     if step.prepare is None:
         return (

@@ -16,13 +16,8 @@ from safetensors.torch import load_file, save_file
 from hpspec.core.errors import HpspecError, LayoutError
 from hpspec.model.formats import detect_file
 from hpspec.weights.formats.convert import convert
-from hpspec.weights.formats.gguf import (
-    convert_to_gguf,
-    drop_blocks,
-    gguf_config,
-    parse_type,
-    read_gguf,
-)
+from hpspec.model.formats.gguf_header import gguf_config, read_gguf
+from hpspec.weights.formats.gguf import convert_to_gguf, drop_blocks, parse_type
 from tests.tiny_models import build, forward, inputs, isolated, same_tensors, save
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")

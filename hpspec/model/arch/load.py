@@ -29,8 +29,9 @@ DATA_PACKAGE = "hpspec.model.arch"  # where the *.toml files lie
 RuleT = TypeVar("RuleT", bound=BaseModel)
 
 
-def load_toml(filename: str) -> dict[str, Any]:
-    text = resources.files(DATA_PACKAGE).joinpath(filename).read_text(encoding="utf-8")
+def load_toml(filename: str, package: str = DATA_PACKAGE) -> dict[str, Any]:
+    """A data file of `package` (the arch data by default), parsed; one ArchitectureDataError line if it is not TOML."""
+    text = resources.files(package).joinpath(filename).read_text(encoding="utf-8")
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:

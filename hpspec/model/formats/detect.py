@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from hpspec.core.errors import LayoutError
+from hpspec.core.paths import PICKLE_SUFFIXES
 from hpspec.model.arch import family_of_tensors
 from hpspec.model.formats.infer import diffusers_shapes, infer_config
 from hpspec.model.formats.keymap import block_indices
 from hpspec.model.formats.rules import KeyMap, key_map, key_map_of_family, layouts
 from hpspec.model.safetensors_header import Header, TensorEntry, read_header
-from hpspec.model.targets import PICKLE_SUFFIXES
 
 DIFFUSERS = "diffusers"
 PICKLE_MAGICS = (b"\x80", b"PK\x03\x04")  # a pickle's protocol opcode; torch.save's zip archive
@@ -94,7 +94,8 @@ def detect(header: Header) -> SingleFile:
     family = rule.family if rule else _diffusers_family(header.path, tensors)
     counts = block_indices(rule or key_map_of_family(family), list(tensors), "original" if rule else "diffusers")
     shapes = diffusers_shapes(rule, {n: e.shape for n, e in tensors.items()}, counts)
-    inferred = infer_config(family, shapes, counts, str(header.path))
+    named = prefix_name if prefix_name and layout != DIFFUSERS else layout
+    inferred = infer_config(family, shapes, counts, f"{header.path} ({named} layout)")
     return SingleFile(
         header, layout, family, prefix, prefix_name, tensors, counts, ignored, inferred.config, inferred.assumed
     )

@@ -22,6 +22,8 @@ from hpspec.model.arch import builtin_models, class_name_of
 from hpspec.model.formats.keymap import expand
 from hpspec.model.formats.rules import KeyMap
 
+METADATA_LAYOUT = "hpspec.layout"  # safetensors metadata / GGUF field: the layout hpspec wrote
+METADATA_CONFIG = "hpspec.config"  # the diffusers config.json, as JSON text
 HINTS = (
     "attention_head_dim",
     "num_attention_heads",
@@ -69,6 +71,10 @@ def infer_config(family: str, shapes: Shapes, counts: Mapping[str, Sequence[int]
     except KeyError as missing:
         raise LayoutError(
             f"{where}: cannot infer the {family} config: no tensor {missing.args[0]!r} (its diffusers name)"
+        ) from None
+    except (ValueError, IndexError, ZeroDivisionError):  # a shape of the wrong rank or size
+        raise LayoutError(
+            f"{where}: cannot infer the {family} config: its tensors' shapes are not those of a {family} transformer"
         ) from None
     return Inferred({"_class_name": class_name_of(family), **config}, tuple(assumed))
 

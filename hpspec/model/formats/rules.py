@@ -14,15 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from functools import cache
-from importlib import resources
 from typing import Any
 
-import tomllib
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from hpspec.core.errors import ArchitectureDataError
 from hpspec.model.arch import families
-from hpspec.model.arch.load import validated
+from hpspec.model.arch.load import load_toml, validated
 from hpspec.model.arch.rules import Expression
 
 DATA_PACKAGE = "hpspec.model.formats"
@@ -124,18 +122,10 @@ class Layouts(Rule):
     ignored: Mapping[str, str]  # top-level prefix of another model in an all-in-one file -> what it is
 
 
-def _load_toml(filename: str) -> dict[str, Any]:
-    try:
-        text = resources.files(DATA_PACKAGE).joinpath(filename).read_text(encoding="utf-8")
-        return tomllib.loads(text)
-    except (OSError, tomllib.TOMLDecodeError) as error:
-        raise ArchitectureDataError(f"{filename}: {error}") from None
-
-
 @cache
 def layouts() -> Layouts:
     """`layouts.toml`: the maps, the prefix rules and what an all-in-one file's other prefixes are."""
-    return validated(Layouts, _load_toml(LAYOUTS_FILE), LAYOUTS_FILE)
+    return validated(Layouts, load_toml(LAYOUTS_FILE, DATA_PACKAGE), LAYOUTS_FILE)
 
 
 @cache
@@ -144,7 +134,7 @@ def key_map(layout: str) -> KeyMap:
     if layout not in layouts().maps:
         raise ArchitectureDataError(f"no key map for layout {layout!r}; known: {', '.join(layouts().maps)}")
     filename = f"{layout}.toml"
-    rule = validated(KeyMap, _load_toml(filename), filename)
+    rule = validated(KeyMap, load_toml(filename, DATA_PACKAGE), filename)
     if rule.layout != layout:
         raise ArchitectureDataError(f"{filename}: says layout {rule.layout!r}")
     return rule

@@ -8,8 +8,6 @@ below are the package's public API, importable from here.
 from __future__ import annotations
 
 from hpspec.weights.checkpoint.layout import (
-    OutTensor,
-    Segment,
     buffer_names,
     converted_modules,
     dropped_part_modules,
@@ -27,10 +25,11 @@ from hpspec.weights.checkpoint.source import (
     sha256_file,
     source_sha256,
 )
-from hpspec.weights.checkpoint.writer import Written, write_pruned
+from hpspec.weights.checkpoint.tensors import OutTensor, Segment, byte_range
+from hpspec.weights.checkpoint.writer import Written, checked_layout, write_pruned
 
 __all__ = [
-    "OutTensor", "Segment", "Source", "Written", "buffer_names", "check_fingerprint", "converted_modules",
+    "OutTensor", "Segment", "Source", "Written", "buffer_names", "byte_range", "check_fingerprint", "checked_layout", "converted_modules",
     "dropped_part_modules", "hash_cache_dir", "open_source", "pruned_layout", "refuse_foreign_layout", "removed_modules",
     "renamed", "sha256_file", "shard_names", "source_sha256", "write_pruned",
 ]  # fmt: skip

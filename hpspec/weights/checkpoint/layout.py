@@ -7,8 +7,6 @@ output tensor (`pruned_layout`), and the output shards' file names.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from pathlib import Path
 
 from hpspec.core.errors import CheckpointError
@@ -16,10 +14,10 @@ from hpspec.core.paths import WEIGHTS_NAME
 from hpspec.model.arch import LastBlockRule, architecture
 from hpspec.model.conversion import split_trimmed
 from hpspec.model.graph import ModelGraph
-from hpspec.model.safetensors_header import TensorEntry
 from hpspec.plan.plan import Plan
 from hpspec.plan.quantize_layout import under  # a name at or below one of some module paths
 from hpspec.weights.checkpoint.source import Source
+from hpspec.weights.checkpoint.tensors import OutTensor, Segment, byte_range
 
 # --------------------------------------------------------------------------------------------
 # Plan -> names: which tensors go, which are renamed, which are converted
@@ -61,29 +59,19 @@ def _conversion_modules(plan: Plan) -> list[str]:
 # The output layout: which byte ranges make each output tensor
 
 
-@dataclass(frozen=True)
-class Segment:
-    """A byte range [begin, end) of a source file."""
-
-    path: Path
-    begin: int
-    end: int
-
-
-@dataclass(frozen=True)
-class OutTensor:
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-    segments: tuple[Segment, ...]
-
-    @property
-    def nbytes(self) -> int:
-        return sum(s.end - s.begin for s in self.segments)
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
+def source_tensors(source: Source) -> list[list[OutTensor]]:
+    """The source's tensors by diffusers name, per shard in file order: a single file in another
+    layout comes with them (its fused rows already cut by the key map), a diffusers folder has
+    one tensor per header entry."""
+    if source.tensors:
+        return [list(source.tensors)]
+    return [
+        [
+            OutTensor(e.name, e.dtype, e.shape, (Segment(header.path, e.begin, e.end),))
+            for e in sorted(header.tensors.values(), key=lambda e: e.begin)
+        ]
+        for header in source.headers
+    ]
 
 
 def pruned_layout(plan: Plan, source: Source) -> list[list[OutTensor]]:
@@ -91,36 +79,36 @@ def pruned_layout(plan: Plan, source: Source) -> list[list[OutTensor]]:
     removed, converted = removed_modules(plan), converted_modules(plan)
     rule = architecture(plan.target.family).last_block
     shards = []
-    for header in source.headers:
+    for tensors in source_tensors(source):
         kept = []
-        for entry in sorted(header.tensors.values(), key=lambda e: e.begin):
-            new = renamed(plan, entry.name)
-            if new is None or under(entry.name, removed):
+        for tensor in tensors:
+            new = renamed(plan, tensor.name)
+            if new is None or under(tensor.name, removed):
                 continue
-            if under(entry.name, converted):
+            if under(tensor.name, converted):
                 assert rule is not None  # a conversion module is one of the family's [last_block]
-                kept.append(_converted(entry, new, header.path, rule))
+                kept.append(_converted(tensor, new, source.directory, rule))
             else:
-                kept.append(OutTensor(new, entry.dtype, entry.shape, (Segment(header.path, entry.begin, entry.end),)))
+                kept.append(OutTensor(new, tensor.dtype, tensor.shape, tensor.segments))
         if kept:
             shards.append(kept)
     return shards
 
 
-def _converted(entry: TensorEntry, name: str, path: Path, rule: LastBlockRule) -> OutTensor:
+def _converted(tensor: OutTensor, name: str, where: Path, rule: LastBlockRule) -> OutTensor:
     """AdaLayerNormZero rows (shift, scale, gate, ...) -> AdaLayerNormContinuous rows (scale, shift).
 
     The chunks kept are [last_block] `keeps`; each is a contiguous row range (the tensor is
     row-major), so this is one byte range per kept chunk.
     """
-    rows = entry.shape[0] if entry.shape else 0
+    rows = tensor.shape[0] if tensor.shape else 0
     if rows == 0 or rows % rule.chunks:
         raise CheckpointError(
-            f"{path}: {entry.name!r} has shape {list(entry.shape)}; a {rule.chunks}-chunk modulation was expected"
+            f"{where}: {tensor.name!r} has shape {list(tensor.shape)}; a {rule.chunks}-chunk modulation was expected"
         )
-    chunk = (entry.end - entry.begin) // rule.chunks
-    segments = tuple(Segment(path, entry.begin + k * chunk, entry.begin + (k + 1) * chunk) for k in rule.keeps)
-    return OutTensor(name, entry.dtype, (rule.kept_rows(rows), *entry.shape[1:]), segments)
+    chunk = tensor.nbytes // rule.chunks
+    segments = tuple(s for k in rule.keeps for s in byte_range(tensor.segments, k * chunk, (k + 1) * chunk))
+    return OutTensor(name, tensor.dtype, (rule.kept_rows(rows), *tensor.shape[1:]), segments)
 
 
 def buffer_names(graph: ModelGraph) -> set[str]:

@@ -27,6 +27,7 @@ from hpspec.model.graph import ModelGraph, family_of_config, graph_from_headers,
 from hpspec.model.safetensors_header import Header, read_header
 from hpspec.model.targets import check_config_counts, find_transformer, read_config, require_regular
 from hpspec.plan.plan import Plan
+from hpspec.weights.checkpoint.tensors import OutTensor
 
 RACY_NS = 2_000_000_000  # a file changed this recently is hashed but its digest not remembered
 
@@ -44,6 +45,10 @@ class Source:
     config: Mapping[str, Any]
     headers: tuple[Header, ...]  # one per shard, in shard order
     graph: ModelGraph
+    # A single file in another layout (hpspec.weights.formats): its tensors by diffusers name, and
+    # its layout (bfl, sai, comfyui); `directory` is then the file itself. Empty for a diffusers folder.
+    tensors: tuple[OutTensor, ...] = ()
+    layout: str = "diffusers"
 
     @property
     def shards(self) -> tuple[Path, ...]:
@@ -92,21 +97,26 @@ _FOREIGN_LAYOUTS = (
 _LORA = re.compile(r"(^|[._])(lora_[AaBb]|lora_(down|up)|lora\.(down|up))([._]|$)")
 
 
-def refuse_foreign_layout(header: Header) -> None:
-    """A LoRA adapter or a non-diffusers single-file layout: not supported yet, said by name."""
-    names = list(header.tensors)
-    lora = next((n for n in names if _LORA.search(n)), None)
+def refuse_lora(header: Header) -> None:
+    """A LoRA adapter is not a transformer checkpoint: said by name."""
+    lora = next((n for n in header.tensors if _LORA.search(n)), None)
     if lora is not None:
         raise CheckpointError(
             f"{header.path}: a LoRA adapter (tensor {lora!r}), not a transformer checkpoint: LoRA files are not "
             "supported yet; fuse the adapter into the transformer (diffusers `fuse_lora`, then `save_pretrained`) first"
         )
-    for prefix, layout, loader in _FOREIGN_LAYOUTS:
+
+
+def refuse_foreign_layout(header: Header) -> None:
+    """A LoRA adapter, or a shard of a diffusers folder in a single-file layout: said by name."""
+    refuse_lora(header)
+    names = list(header.tensors)
+    for prefix, layout, _loader in _FOREIGN_LAYOUTS:
         found = next((n for n in names if n.startswith(prefix)), None)
         if found is not None:
             raise CheckpointError(
-                f"{header.path}: a single-file checkpoint in the {layout} key layout (tensor {found!r}): not supported "
-                f"yet; convert it with diffusers ({loader}.from_single_file(FILE).save_pretrained(DIR)) and use DIR"
+                f"{header.path}: a single-file checkpoint in the {layout} key layout (tensor {found!r}) inside a "
+                f"diffusers folder; name the file itself (--model {header.path}) to read it in its own layout"
             )
 
 
@@ -231,8 +241,12 @@ def source_sha256(path: Path, stop: threading.Event | None = None) -> str:
     ctime in ns): any write to the file changes it. A digest is stored only if the file did not
     change while it was read, and not within the last RACY_NS: timestamps are coarser than a
     nanosecond, so a second write in the same tick would otherwise go unnoticed (git's "racy"
-    entries). Without a usable cache directory every run hashes.
+    entries). Without a usable cache directory every run hashes. A Hugging Face cache snapshot's
+    file is not read at all: its blob's name is its sha256 (`blob_digest`).
     """
+    named = blob_digest(path)
+    if named is not None:
+        return named
     entry = _cache_entry(path)
     if entry is not None:
         try:
@@ -250,6 +264,17 @@ def source_sha256(path: Path, stop: threading.Event | None = None) -> str:
         except OSError:
             pass  # the cache only saves time
     return digest
+
+
+def blob_digest(path: Path) -> str | None:
+    """The sha256 a Hugging Face cache names a snapshot file's blob by (`snapshots/REV/F` is a symlink
+    to `../../blobs/SHA256`, for LFS files, which weights are); None for any other file."""
+    if not os.path.islink(path):
+        return None
+    target = Path(os.path.realpath(path))
+    if target.parent.name == "blobs" and (target.parent.parent / "snapshots").is_dir():
+        return target.name if re.fullmatch(r"[0-9a-f]{64}", target.name) else None
+    return None
 
 
 def hash_cache_dir() -> Path | None:

@@ -24,8 +24,9 @@ from hpspec.core.paths import CONFIG_NAME, PLAN_NAME, WEIGHTS_INDEX_SUFFIX, WEIG
 from hpspec.core.version import __version__
 from hpspec.model.safetensors_header import read_header
 from hpspec.plan.plan import Plan
-from hpspec.weights.checkpoint.layout import OutTensor, Segment, buffer_names, pruned_layout, shard_names
+from hpspec.weights.checkpoint.layout import buffer_names, pruned_layout, shard_names
 from hpspec.weights.checkpoint.source import HashThread, Source, check_fingerprint
+from hpspec.weights.checkpoint.tensors import OutTensor, Segment
 
 SHA256_PLACEHOLDER = "0" * 64  # same length as a digest: the header is patched in place once known
 COPY_CHUNK = 1 << 30
@@ -49,6 +50,12 @@ def write_pruned(plan: Plan, source: Source, out: Path, progress: bool = True) -
 
     An OSError (a full disk) is left to the caller's `atomic_directory`, which names the real
     output path rather than the temporary one and removes what was written."""
+    layout, params = checked_layout(plan, source)
+    return _write(plan, source, layout, params, out, progress)
+
+
+def checked_layout(plan: Plan, source: Source) -> tuple[list[list[OutTensor]], int]:
+    """The pruned layout and its parameter count, checked against the plan's fingerprint and count."""
     check_fingerprint(plan, source.graph, str(source.directory))
     layout = pruned_layout(plan, source)
     buffers = buffer_names(source.graph)
@@ -58,19 +65,19 @@ def write_pruned(plan: Plan, source: Source, out: Path, progress: bool = True) -
             f"{source.directory}: the pruned checkpoint would hold {params} parameters, the plan says "
             f"{plan.params.after_prune}; the plan does not fit this checkpoint"
         )
-    return _write(plan, source, layout, params, out, progress)
+    return layout, params
 
 
 def _write(
     plan: Plan, source: Source, layout: list[list[OutTensor]], params: int, out: Path, progress: bool
 ) -> Written:
     names = shard_names(len(layout))
-    metadata = _provenance(plan, source, {p.name: SHA256_PLACEHOLDER for p in source.shards})
+    metadata = provenance_metadata(plan, {p.name: SHA256_PLACEHOLDER for p in source.shards})
     faults.point("prune.before_write", out)
     header_lengths = [_write_header(out / name, shard, metadata) for name, shard in zip(names, layout)]
     hashes = _copy_all(out, names, layout, sum(t.nbytes for shard in layout for t in shard), source.shards, progress)
     faults.point("prune.before_metadata", out)
-    final = _provenance(plan, source, hashes)
+    final = provenance_metadata(plan, hashes)
     for name, shard, length in zip(names, layout, header_lengths):
         _patch_header(out / name, shard, final, length)
     if len(names) > 1:
@@ -83,7 +90,8 @@ def _write(
     return Written(tuple(names), sum(map(len, layout)), params, sum(t.nbytes for s in layout for t in s), hashes)
 
 
-def _provenance(plan: Plan, source: Source, hashes: Mapping[str, str]) -> dict[str, str]:
+def provenance_metadata(plan: Plan, hashes: Mapping[str, str]) -> dict[str, str]:
+    """The safetensors metadata of a pruned file: hpspec's version, the plan's digest, the sources' sha256."""
     return {
         "format": "pt",
         "hpspec_version": __version__,
@@ -93,7 +101,7 @@ def _provenance(plan: Plan, source: Source, hashes: Mapping[str, str]) -> dict[s
     }
 
 
-def _header_bytes(shard: Sequence[OutTensor], metadata: Mapping[str, str]) -> bytes:
+def header_bytes(shard: Sequence[OutTensor], metadata: Mapping[str, str]) -> bytes:
     header: dict[str, Any] = {"__metadata__": dict(metadata)}
     offset = 0
     for tensor in shard:
@@ -108,14 +116,14 @@ def _header_bytes(shard: Sequence[OutTensor], metadata: Mapping[str, str]) -> by
 
 
 def _write_header(path: Path, shard: Sequence[OutTensor], metadata: Mapping[str, str]) -> int:
-    raw = _header_bytes(shard, metadata)
+    raw = header_bytes(shard, metadata)
     with path.open("wb") as handle:
         handle.write(len(raw).to_bytes(8, "little") + raw)
     return len(raw)
 
 
 def _patch_header(path: Path, shard: Sequence[OutTensor], metadata: Mapping[str, str], length: int) -> None:
-    raw = _header_bytes(shard, metadata)
+    raw = header_bytes(shard, metadata)
     if len(raw) != length:  # digests replace placeholders of the same length: a bug otherwise
         raise HpspecError(f"{path}: final header is {len(raw)} bytes, the placeholder {length}")
     fd = os.open(path, os.O_WRONLY)
@@ -136,7 +144,7 @@ def _write_index(out: Path, names: Sequence[str], layout: Sequence[Sequence[OutT
 # Copying byte ranges while the sources are hashed on the other core
 
 
-def _runs(shard: Sequence[OutTensor]) -> Iterator[Segment]:
+def runs(shard: Sequence[OutTensor]) -> Iterator[Segment]:
     """Coalesce consecutive segments of one file into single copies."""
     current: Segment | None = None
     for segment in (s for t in shard for s in t.segments):
@@ -165,8 +173,8 @@ def _copy_all(
         for name, shard in zip(names, layout):
             with (out / name).open("r+b") as destination:  # not "ab": copy_file_range refuses O_APPEND
                 destination.seek(0, os.SEEK_END)
-                for run in _runs(shard):
-                    _copy_range(run, destination.fileno(), advance)
+                for run in runs(shard):
+                    copy_range(run, destination.fileno(), advance)
             faults.point("prune.after_shard", out / name)
     except BaseException:
         hasher.stop.set()
@@ -177,7 +185,7 @@ def _copy_all(
     return hasher.result()
 
 
-def _copy_range(run: Segment, destination: int, advance: Callable[[int], None]) -> None:
+def copy_range(run: Segment, destination: int, advance: Callable[[int], None]) -> None:
     with run.path.open("rb") as handle:
         source, offset, left = handle.fileno(), run.begin, run.end - run.begin
         while left:

@@ -29,18 +29,16 @@ from hpspec.core.io import (
 )
 from hpspec.core.paths import CONFIG_NAME, WEIGHTS_NAME
 from hpspec.model.formats.detect import DIFFUSERS, detect_file
-from hpspec.model.formats.infer import Inferred, with_hints
+from hpspec.model.formats.infer import METADATA_CONFIG, METADATA_LAYOUT, Inferred, with_hints
 from hpspec.model.formats.keymap import Slice, expand, to_diffusers, to_original
 from hpspec.model.formats.rules import key_map_of_family, layouts
 from hpspec.model.graph import family_of_config
 from hpspec.model.safetensors_header import read_header
 from hpspec.model.targets import find_transformer, read_config
-from hpspec.weights.checkpoint.layout import OutTensor, Segment
-from hpspec.weights.checkpoint.writer import _copy_range, _header_bytes, _runs
+from hpspec.weights.checkpoint.tensors import OutTensor, Segment, byte_range
+from hpspec.weights.checkpoint.writer import copy_range, header_bytes, runs
 
 TARGETS = ("diffusers", "bfl", "sai", "comfyui")  # what `--to` names for safetensors outputs
-METADATA_LAYOUT = "hpspec.layout"
-METADATA_CONFIG = "hpspec.config"
 
 
 @dataclass(frozen=True)
@@ -81,6 +79,8 @@ def open_model(path: Path, hints: Mapping[str, Any] | None = None) -> Model:
     if path.is_dir():
         return _open_diffusers(path)
     found = detect_file(path)
+    written = found.header.metadata.get(METADATA_CONFIG)
+    hints = hints or (_json_object(written) if written else None)  # a file hpspec wrote says its config
     if hints:
         better = with_hints(Inferred(found.config, found.assumed), hints, str(path))
         found = replace(found, config=better.config, assumed=better.assumed)
@@ -92,6 +92,14 @@ def open_model(path: Path, hints: Mapping[str, Any] | None = None) -> Model:
         mapping = to_diffusers(expand(found.rule, found.config, found.counts))
         tensors = assemble(mapping, raw, f"{path} ({found.layout} layout)")
     return Model(found.family, found.config, tensors, found.layout_name, found.ignored, found.assumed)
+
+
+def _json_object(text: str) -> dict[str, Any] | None:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _open_diffusers(path: Path) -> Model:
@@ -147,18 +155,6 @@ def _cut(tensor: OutTensor, piece: Slice, where: str) -> OutTensor:
         (piece.end - piece.begin, *tensor.shape[1:]),
         byte_range(tensor.segments, piece.begin * row, piece.end * row),
     )
-
-
-def byte_range(segments: Sequence[Segment], begin: int, end: int) -> tuple[Segment, ...]:
-    """Bytes [begin, end) of the concatenation of `segments`."""
-    out, offset = [], 0
-    for s in segments:
-        size = s.end - s.begin
-        lo, hi = max(begin, offset), min(end, offset + size)
-        if lo < hi:
-            out.append(Segment(s.path, s.begin + lo - offset, s.begin + hi - offset))
-        offset += size
-    return tuple(out)
 
 
 def _joined(name: str, parts: Sequence[OutTensor], where: str) -> OutTensor:
@@ -232,13 +228,13 @@ def write_model(model: Model, out: Path, to: str, force: bool = False) -> Conver
 
 def write_safetensors(path: Path, tensors: Sequence[OutTensor], meta: Mapping[str, str]) -> None:
     """A new header, then each tensor's byte ranges copied file-to-file in order."""
-    raw = _header_bytes(tensors, meta)
+    raw = header_bytes(tensors, meta)
     with path.open("wb") as handle:
         handle.write(len(raw).to_bytes(8, "little") + raw)
     with path.open("r+b") as destination:  # not "ab": copy_file_range refuses O_APPEND
         destination.seek(0, os.SEEK_END)
-        for run in _runs(tensors):
-            _copy_range(run, destination.fileno(), lambda _: None)
+        for run in runs(tensors):
+            copy_range(run, destination.fileno(), lambda _: None)
 
 
 @contextmanager

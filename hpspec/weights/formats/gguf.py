@@ -20,26 +20,20 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 from hpspec.core.errors import LayoutError
-from hpspec.model.formats.infer import (
-    Inferred,
-    diffusers_shapes,
-    infer_config,
-    with_hints,
-)
+from hpspec.core.io import parse_json
+from hpspec.model.formats.gguf_header import read_gguf
+from hpspec.model.formats.infer import METADATA_CONFIG
 from hpspec.model.formats.keymap import block_indices, renumber
 from hpspec.model.formats.rules import key_map_of_family
-from hpspec.weights.checkpoint.layout import OutTensor, Segment
+from hpspec.weights.checkpoint.tensors import OutTensor, Segment, byte_range
 from hpspec.weights.formats.convert import (
-    METADATA_CONFIG,
     Model,
     atomic_file,
-    byte_range,
     layout_tensors,
     open_model,
 )
@@ -53,23 +47,6 @@ KEEP = {  # name prefixes kept unquantized, per architecture (city96's llama.cpp
 }
 SAME_TYPE = {"F32": "f32", "F16": "f16", "BF16": "bf16"}  # safetensors dtype -> the GGML type of the same bytes
 CHUNK_ELEMENTS = 4 << 20  # rows are read, cast and quantized about this many elements at a time
-
-
-@dataclass(frozen=True)
-class GGUFTensor:
-    name: str
-    type: str  # lowercase GGML type name (q8_0, f16, ...)
-    shape: tuple[int, ...]  # torch order (rows first)
-    begin: int  # absolute byte offsets in the file
-    end: int
-
-
-@dataclass(frozen=True)
-class GGUFFile:
-    path: Path
-    arch: str
-    tensors: Mapping[str, GGUFTensor]
-    fields: Mapping[str, Any]  # the key-value metadata, as Python values
 
 
 def parse_type(text: str) -> str:
@@ -112,8 +89,11 @@ def tensor_type(arch: str, name: str, shape: Sequence[int], source_dtype: str, w
     return wanted
 
 
-def write_gguf(model: Model, out: Path, wanted: str, force: bool = False) -> Path:
-    """`model` as one GGUF file of type `wanted`, names in the family's original layout."""
+def write_gguf(
+    model: Model, out: Path, wanted: str, force: bool = False, fields: Mapping[str, str] | None = None
+) -> Path:
+    """`model` as one GGUF file of type `wanted`, names in the family's original layout; `fields`
+    are extra string fields (the prune stage's provenance)."""
     import gguf
 
     wanted = parse_type(wanted)
@@ -126,6 +106,8 @@ def write_gguf(model: Model, out: Path, wanted: str, force: bool = False) -> Pat
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         writer.add_file_type(_file_type(wanted))
         writer.add_string(METADATA_CONFIG, _config_json(model.config))
+        for key, value in (fields or {}).items():
+            writer.add_string(key, value)
         for tensor, kind in zip(tensors, types):
             writer.add_tensor_info(
                 tensor.name, tensor.shape, _np_float32(), _nbytes(tensor.shape, kind), raw_dtype=_ggml(kind)
@@ -283,47 +265,6 @@ def _fp8_table(dtype: str) -> Any:
 # Reading, renaming and dropping without dequantizing
 
 
-def read_gguf(path: Path) -> GGUFFile:
-    """The header of a GGUF file: its architecture, tensors as byte ranges, its key-value fields."""
-    import gguf
-
-    path = Path(path)
-    try:
-        reader = gguf.GGUFReader(path)
-    except (OSError, ValueError) as error:
-        raise LayoutError(f"{path}: not a readable GGUF file: {error}") from None
-    fields = {name: _field_value(field) for name, field in reader.fields.items() if not name.startswith("GGUF.")}
-    arch = fields.get("general.architecture")
-    known = tuple(KEEP)
-    if arch not in known:
-        raise LayoutError(f"{path}: a GGUF of architecture {arch!r}; hpspec knows {', '.join(known)}")
-    tensors = {}
-    for t in reader.tensors:
-        shape = tuple(int(d) for d in reversed(t.shape.tolist()))
-        tensors[t.name] = GGUFTensor(
-            t.name, t.tensor_type.name.lower(), shape, int(t.data_offset), int(t.data_offset) + int(t.n_bytes)
-        )
-    return GGUFFile(path, str(arch), tensors, fields)
-
-
-def gguf_config(found: GGUFFile) -> Inferred:
-    """The diffusers config of a GGUF's transformer, from its names and shapes (as for a single
-    file); a config hpspec wrote into the file supplies what shapes cannot say."""
-    rule = key_map_of_family(found.arch)
-    shapes = {name: t.shape for name, t in found.tensors.items()}
-    counts = block_indices(rule, list(shapes))
-    inferred = infer_config(found.arch, diffusers_shapes(rule, shapes, counts), counts, str(found.path))
-    written = found.fields.get(METADATA_CONFIG)
-    return with_hints(inferred, json.loads(written), str(found.path)) if isinstance(written, str) else inferred
-
-
-def _field_value(field: Any) -> Any:
-    try:
-        return field.contents()
-    except (ValueError, TypeError, IndexError):  # a field this gguf version cannot render: None
-        return None
-
-
 def rewrite_gguf(
     source: Path,
     out: Path,
@@ -395,7 +336,9 @@ def drop_blocks(source: Path, out: Path, drops: Mapping[str, Collection[int]], f
     strings = {}
     config = found.fields.get(METADATA_CONFIG)
     if isinstance(config, str):
-        strings[METADATA_CONFIG] = _config_json(_dropped_config(json.loads(config), kept))
+        strings[METADATA_CONFIG] = _config_json(
+            _dropped_config(parse_json(config, str(found.path), METADATA_CONFIG, LayoutError), kept)
+        )
     return rewrite_gguf(source, out, lambda name: renumber(rule, name, kept), force, strings)
 
 
