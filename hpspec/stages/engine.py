@@ -49,8 +49,8 @@ class PruneOptions:
     """What the command line adds to the prune stage."""
 
     verify: bool = False  # --verify: scan every weight of the input for NaN and infinity first
-
     to: str | None = None  # --to: the output layout (diffusers, bfl, sai, comfyui, gguf[:TYPE]); None: the input's
+
 
 @dataclass(frozen=True)
 class DistillOptions:

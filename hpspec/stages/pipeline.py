@@ -100,7 +100,6 @@ def compile_model(
     return CompileResult(tuple(results), None)
 
 
-def _cannot_run(step: Stage, source: Path, command: str, own: OwnOptions) -> str | None:
 def _layout_between_stages(plan: Plan, options: StageOptions) -> StageOptions:
     """Distill and quantize read and write diffusers folders: with either declared, the prune stage
     writes one too (`--to` another layout is an error that says so)."""
@@ -115,6 +114,7 @@ def _layout_between_stages(plan: Plan, options: StageOptions) -> StageOptions:
     return replace(options, prune=replace(options.prune, to="diffusers"))
 
 
+def _cannot_run(step: Stage, source: Path, command: str, own: OwnOptions) -> str | None:
     """Why `step` cannot run now (not implemented, a required option missing), or None."""
     if step.prepare is None:
         return (
