@@ -10,21 +10,24 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
+import shutil
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
 from hpspec.core.diagnostics import MAX_LINE_COLUMNS, MAX_SHOWN, MERGE_AFTER
 from hpspec.core.faults import ENV as FAULT_ENV
+from hpspec.core.io import sweep_stale_siblings
 from hpspec.model.graph import MAX_BLOCKS
-
 from tests.conftest import REPO
-from tests.hostile_checkpoints import TINY_SD3, write_checkpoint
+from tests.hostile_checkpoints import TINY_SD3, compile_in_process, contents, leftovers, write_checkpoint
 
+WATCHDOG_S = 120  # only a stuck run trips it
 ITEMS = 8000  # the reproduction: one line repeating an item 8,000 times (a 40 KB spec)
 
 
@@ -165,3 +168,177 @@ def test_a_config_with_a_million_layers_is_refused_by_the_sanity_bound(tmp_path:
     within = {**TINY_SD3, "num_layers": 6}
     config.write_text(json.dumps(within), encoding="utf-8")
     assert cli("check", spec).code == 0
+
+
+# --------------------------------------------------------------------------------------------
+# Concurrent runs: one writer per output, a live run's files never swept, sources re-checked
+
+SPEC_TEXT = "drop blocks[1]\n"  # no target: checked against the checkpoint itself
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_checkpoint(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture
+def spec_file(tmp_path: Path) -> Path:
+    path = tmp_path / "spec.hps"
+    path.write_text(SPEC_TEXT, encoding="utf-8")
+    return path
+
+
+def _paused(spec: Path, model: Path, out: Path, point: str, *flags: str) -> subprocess.Popen[str]:
+    """A compile in its own process, stopped (SIGSTOP, alive) at fault `point`."""
+    env = {**os.environ, FAULT_ENV: f"{point}:stop"}
+    command = [sys.executable, "-m", "hpspec.cli", "compile", str(spec), "--model", str(model), "--out", str(out), *flags]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    stat = Path(f"/proc/{process.pid}/stat")
+    deadline = time.monotonic() + WATCHDOG_S  # a watchdog only: the run stops at its point long before
+    while process.poll() is None and stat.read_text().split(")")[-1].split()[0] != "T":
+        assert time.monotonic() < deadline, "the paused run never reached its fault point"
+        time.sleep(0.01)
+    assert process.poll() is None, process.communicate()
+    return process
+
+
+def _resume(process: subprocess.Popen[str]) -> tuple[int, str]:
+    process.send_signal(signal.SIGCONT)
+    _, err = process.communicate(timeout=WATCHDOG_S)
+    return process.returncode, err
+
+
+def test_two_writers_into_one_fresh_out_the_second_is_refused(tmp_path: Path, tiny: Path, spec_file: Path) -> None:
+    out = tmp_path / "out"
+    first = _paused(spec_file, tiny, out, "stage.before_rename")
+    second = compile_in_process(spec_file, tiny, out)
+    assert second.code == 1 and f"another hpspec (pid {first.pid}) is writing {out / 'pruned'}" in second.err
+    _one_error_line(second.err, out / "pruned")
+    code, err = _resume(first)
+    assert code == 0, err
+    assert contents(out / "pruned") == contents_of_fresh(tmp_path, spec_file, tiny)
+
+
+def contents_of_fresh(tmp_path: Path, spec: Path, model: Path) -> dict[str, bytes]:
+    """An undisturbed compile's output, for comparison."""
+    fresh = tmp_path / "fresh"
+    assert compile_in_process(spec, model, fresh).code == 0
+    return contents(fresh / "pruned")
+
+
+def test_force_racing_a_failing_run_keeps_the_output(tmp_path: Path, tiny: Path, spec_file: Path) -> None:
+    out = tmp_path / "out"
+    assert compile_in_process(spec_file, tiny, out).code == 0
+    before = contents(out / "pruned")
+    forced = _paused(spec_file, tiny, out, "stage.after_set_aside", "--force")  # the old output is moved aside
+    failing = compile_in_process(spec_file, tiny, out)  # it used to sweep the set-aside output and the temporary
+    assert failing.code == 1 and "another hpspec" in failing.err
+    code, err = _resume(forced)
+    assert code == 0, err
+    assert contents(out / "pruned") == before and leftovers(out / "pruned") == [out / "pruned"]
+
+
+def test_a_killed_force_run_gets_its_old_output_back(tmp_path: Path, tiny: Path, spec_file: Path) -> None:
+    out = tmp_path / "out"
+    assert compile_in_process(spec_file, tiny, out).code == 0
+    before = contents(out / "pruned")
+    forced = _paused(spec_file, tiny, out, "stage.after_set_aside", "--force")
+    forced.kill()
+    forced.communicate()
+    assert not (out / "pruned").exists()
+    assert sweep_stale_siblings(out / "pruned")  # the next run (of anything) finds what the kill left ...
+    assert contents(out / "pruned") == before  # ... and puts the old output back instead of deleting it
+
+
+def test_a_source_shard_rewritten_during_the_copy_is_refused(tmp_path: Path, tiny: Path, spec_file: Path) -> None:
+    model = tmp_path / "model"
+    shutil.copytree(tiny, model)
+    other = write_checkpoint(tmp_path / "other", seed=1)  # same shapes, other values
+    shard = sorted(model.glob("*.safetensors"))[0]
+    out = tmp_path / "out"
+    run = _paused(spec_file, model, out, "prune.after_shard")
+    with shard.open("r+b") as handle:  # in place: same inode, same size, other bytes
+        handle.write(sorted(other.glob("*.safetensors"))[0].read_bytes())
+    code, err = _resume(run)
+    assert code == 1 and "changed while hpspec was reading it" in err, err
+    _one_error_line(err, shard)
+    assert leftovers(out / "pruned") == []
+
+
+# --------------------------------------------------------------------------------------------
+# Odd files and characters
+
+
+@pytest.mark.parametrize("command", ["check", "fmt"])
+def test_a_fifo_is_refused_not_waited_on(tmp_path: Path, command: str) -> None:
+    fifo = tmp_path / "spec.hps"
+    os.mkfifo(fifo)
+    done = subprocess.run(
+        [sys.executable, "-m", "hpspec.cli", command, str(fifo)], capture_output=True, text=True, timeout=WATCHDOG_S
+    )  # it used to hang here, waiting for a writer
+    assert done.returncode == 1 and "not a regular file" in done.stdout + done.stderr
+
+
+def test_a_byte_order_mark_first_is_accepted(tmp_path: Path, cli) -> None:
+    spec = tmp_path / "bom.hps"
+    spec.write_bytes(b"\xef\xbb\xbftarget sd3-medium\ndrop block[3]\n")
+    assert (cli("check", spec).code, cli("check", spec).out) == (0, f"{spec}: ok\n")
+
+
+def test_cr_only_line_endings_are_named_as_such(tmp_path: Path, cli) -> None:
+    spec = tmp_path / "mac.hps"
+    spec.write_bytes(b"target sd3-medium\rdrop block[3]\r")
+    result = cli("check", spec)
+    assert result.code == 1 and "CR-only line endings" in result.out
+    assert "names no target" not in result.out and result.out.count(": error: ") == 1
+    assert "\r" not in result.out  # the echoed line would jump the terminal's cursor back
+
+
+def test_an_invisible_unexpected_character_is_named_by_its_code_point(tmp_path: Path, cli) -> None:
+    spec = tmp_path / "zw.hps"
+    spec.write_text("target sd3-medium\ndrop block[3]\u200b\n", encoding="utf-8")
+    assert "unexpected character U+200B" in cli("check", spec).out
+
+
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\x0c", "\x85"])
+def test_a_line_separator_inside_a_comment_does_not_shift_the_lines(tmp_path: Path, cli, separator: str) -> None:
+    spec = tmp_path / "sep.hps"
+    spec.write_text(f"target sd3-medium  # a{separator}b\ndrop block[99]\n", encoding="utf-8")
+    lines = cli("check", spec).out.splitlines()  # the test's own split: on "\n" these are real lines
+    head = next(i for i, line in enumerate(lines) if ": error: " in line)
+    assert lines[head].startswith(f"{spec}:2:") and lines[head + 1] == " 2 | drop block[99]"
+
+
+def test_a_closed_pipe_is_quiet(tmp_path: Path) -> None:
+    spec = tmp_path / "s.hps"
+    spec.write_text("target sd3-medium\ndrop block[3]\n", encoding="utf-8")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "hpspec.cli", "check", *[str(spec)] * 20_000],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=REPO,
+    )
+    assert process.stdout is not None
+    process.stdout.readline()  # `| head -1`
+    process.stdout.close()
+    _, err = process.communicate(timeout=WATCHDOG_S)
+    assert err == b"" and process.returncode == 141  # 128 + SIGPIPE, what a shell reports for `yes | head -1`
+
+
+def test_the_printed_continue_command_is_shell_quoted(tmp_path: Path) -> None:
+    from hpspec.plan.front import plan_file
+    from hpspec.stages.pipeline import _continue_command
+
+    model = "ms/My Models/sd3;touch PWNED"
+    spec = tmp_path / "a spec.hps"
+    spec.write_text("target sd3-medium\ndrop block[3]\n", encoding="utf-8")
+    plan, _ = plan_file(spec)
+    own = type("Own", (), {"data": None, "teacher": "t $(x)"})()
+    command = _continue_command(plan, model, tmp_path / "o u t", None, own, ("data", "teacher"))  # type: ignore[arg-type]
+    shell = subprocess.run(  # the shell's own reading, as a paste would run it (`set --` runs nothing)
+        ["sh", "-c", f'set -- {command}; printf "%s\\0" "$@"'], capture_output=True, text=True, cwd=tmp_path, check=True
+    )
+    words = shell.stdout.split("\0")[:-1]
+    assert not (tmp_path / "PWNED").exists()
+    assert words == ["hpspec", "compile", str(spec), "--model", model, "--out", str(tmp_path / "o u t"),
+                     "--data", "DATA", "--teacher", "t $(x)"]  # fmt: skip

@@ -49,7 +49,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser(argv).parse_args(argv)
         handler: Handler = args.handler
-        return handler(args)
+        code = handler(args)
+        sys.stdout.flush()  # here, not at exit, where a closed pipe could only be reported as a traceback
+        return code
+    except BrokenPipeError:  # `hpspec check big.hps | head -1`: the reader has gone; quiet, as Unix tools are
+        _silence_stdout()
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool the pipe ended
     except SpecError as error:
         sys.stdout.write(error.render() + "\n")
         return error.exit_code
@@ -63,8 +68,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         return 130
-    except BrokenPipeError:
-        return 0
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that Python's flush at exit finds no broken pipe (as its docs advise)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout is not a real file (captured in a test): nothing to flush at exit
+        pass
 
 
 # --------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from hpspec.cli.output import write_output
+from hpspec.core.diagnostics import lines_of
 from hpspec.core.errors import HpspecError
 from hpspec.core.io import read_text_input, write_text_atomic
 from hpspec.lang.fmt import format_source
@@ -99,7 +100,7 @@ def unified_diff(before: str, after: str, path: str) -> str:
 
 
 def _diff_lines(text: str) -> list[str]:
-    lines = text.splitlines(keepends=True)
+    lines = lines_of(text, keepends=True)
     if lines and not lines[-1].endswith("\n"):
         lines[-1] += "\n\\ No newline at end of file\n"
     return lines

@@ -90,7 +90,21 @@ class SourceLines:
         """The 1-based line `number`, tabs shown as one space, or "" past the end."""
         if not 0 < number <= len(self._lines):
             return ""
-        return self._lines[number - 1].removesuffix("\r").expandtabs(1)
+        return self._lines[number - 1].removesuffix("\r").replace("\r", " ").expandtabs(1)
+
+
+def lines_of(text: str, keepends: bool = False) -> list[str]:
+    """`text.splitlines()` on "\n" only: U+2028, form feeds and lone "\r"s stay inside a line, as the
+    parser counts lines (a CRLF line keeps its "\r" only with `keepends`)."""
+    pieces = text.split("\n")
+    if pieces and pieces[-1] == "":
+        pieces.pop()
+    if keepends:
+        ended = [piece + "\n" for piece in pieces]
+        if ended and not text.endswith("\n"):
+            ended[-1] = ended[-1][:-1]
+        return ended
+    return [piece.removesuffix("\r") for piece in pieces]
 
 
 def _window(text: str, column: int, width: int) -> tuple[str, int, int]:

@@ -2,7 +2,8 @@
 
 A point is named after what is about to happen there (`stage.before_rename`). ACTION is `kill`
 (SIGKILL this process, as a power cut or the OOM killer would: no cleanup runs), `raise` (an
-exception hpspec does not expect: a bug; the default) or `enospc` (the disk is full). Faults fire
+exception hpspec does not expect: a bug; the default), `enospc` (the disk is full) or `stop`
+(SIGSTOP: the run pauses there, alive, until a SIGCONT, so that a test can race it deterministically). Faults fire
 at a point, never at a random time, so every outcome is reproducible. With the variable unset a
 point costs one environment lookup.
 """
@@ -17,7 +18,7 @@ from pathlib import Path
 from hpspec.core.errors import HpspecError
 
 ENV = "HPSPEC_FAULT_AT"
-ACTIONS = ("kill", "raise", "enospc")
+ACTIONS = ("kill", "raise", "enospc", "stop")
 
 # Every point, in the order a compile reaches them.
 POINTS = (
@@ -29,6 +30,9 @@ POINTS = (
     "stage.after_set_aside",  # (--force over an existing output) the old output is moved aside
     "stage.after_rename",  # the new output is in place; the old one (if any) is not yet deleted
 )
+
+
+_STOPPED: set[str] = set()  # `stop` points this process has paused at
 
 
 class InjectedFault(RuntimeError):
@@ -54,6 +58,11 @@ def _fire(name: str, path: Path | None, configured: str) -> None:
         return
     if action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
+    if action == "stop":  # paused until a SIGCONT: a test acts at this exact point while the run is alive
+        if name not in _STOPPED:  # the first time only: a point reached per shard pauses the run once
+            _STOPPED.add(name)
+            os.kill(os.getpid(), signal.SIGSTOP)
+        return
     if action == "enospc":
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), None if path is None else str(path))
     raise InjectedFault(f"fault injected at {name} ({ENV}={configured})")

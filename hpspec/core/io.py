@@ -9,26 +9,36 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from hpspec.core import faults
 from hpspec.core.errors import HpspecError
+from hpspec.core.lock import output_lock
 
 TMP_MARKER = ".hpspec-tmp-"
 MAX_SPEC_BYTES = 1 << 20  # a spec is a few lines; refuse megabytes of anything
+BOM = "\ufeff"  # a UTF-8 byte-order mark, which some editors write first
 
 
 def read_text_input(path: Path, what: str = "file", limit: int = MAX_SPEC_BYTES) -> str:
-    """A small UTF-8 text input, or an HpspecError that names the file and the problem."""
+    """A small UTF-8 text input, or an HpspecError that names the file and the problem.
+
+    Only a regular file (or a character device such as /dev/null) is read: a FIFO or a socket is
+    refused before a read could block on it (it is opened without blocking, then checked). A UTF-8 byte-order mark first is dropped."""
     try:
         if path.is_dir():
             raise HpspecError(f"{path}: is a directory, expected a {what} file")
-        with path.open("rb") as handle:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as handle:
+            mode = os.fstat(fd).st_mode
+            if not (stat.S_ISREG(mode) or stat.S_ISCHR(mode)):  # /dev/null stays an empty input
+                raise HpspecError(f"{path}: not a regular file (a FIFO or a socket?), expected a {what} file")
             data = handle.read(limit + 1)
     except FileNotFoundError:
         raise HpspecError(f"{path}: no such {what} file") from None
@@ -37,7 +47,7 @@ def read_text_input(path: Path, what: str = "file", limit: int = MAX_SPEC_BYTES)
     if len(data) > limit:
         raise HpspecError(f"{path}: {what} is larger than {limit} bytes")
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8").removeprefix(BOM)
     except UnicodeDecodeError as error:
         raise HpspecError(f"{path}: {what} is not UTF-8 text (byte {error.start})") from None
 
@@ -64,6 +74,33 @@ def parse_json(data: str | bytes, where: str, what: str = "JSON", error: type[Hp
         raise error(
             f"{where}: {what} holds an integer of more than {limit} digits; no real value is that long"
         ) from None
+
+
+FileState = tuple[int, int, int, int, int]  # device, inode, size, mtime and ctime in ns
+
+
+def file_states(paths: Iterable[Path]) -> dict[Path, FileState]:
+    """What identifies each file's content without reading it: a rewrite in place changes it."""
+    states = {}
+    for path in paths:
+        info = os.stat(path)
+        states[Path(path)] = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+    return states
+
+
+def require_unchanged(states: dict[Path, FileState], what: str, error: type[HpspecError] = HpspecError) -> None:
+    """Refuse inputs that changed since `states` was taken (rewritten, replaced or removed mid-read)."""
+    for path, state in states.items():
+        try:
+            info = os.stat(path)
+            now = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+        except OSError:
+            now = None
+        if now != state:
+            raise error(
+                f"{path}: the {what} changed while hpspec was reading it (size, time or inode differ); "
+                "nothing was written: run again once nothing else writes it"
+            )
 
 
 def cache_dir() -> Path | None:
@@ -112,10 +149,17 @@ def atomic_directory(out: Path, force: bool = False) -> Iterator[Path]:
 
     An existing `out` needs `force`: it is moved aside, the new one renamed in, the old deleted.
     Stale siblings left by a killed run are swept first. On any error nothing is left at `out`
-    (or the old one stays, untouched).
+    (or the old one stays, untouched). The whole run holds `out`'s lock (`core.lock`), so a second
+    writer is refused rather than sweeping this one's files.
     """
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    with output_lock(out):
+        with _atomic_directory(out, force) as tmp:
+            yield tmp
+
+
+@contextmanager
+def _atomic_directory(out: Path, force: bool) -> Iterator[Path]:
     sweep_stale_siblings(out)
     if out.exists() and not force:
         raise HpspecError(f"{out}: already exists (use --force to replace it)")
@@ -159,10 +203,29 @@ def _abandon(tmp: Path, aside: Path | None, out: Path) -> None:
 
 
 def sweep_stale_siblings(out: Path) -> list[Path]:
-    """Remove `.NAME.hpspec-tmp-*` siblings of `out` that a killed run left behind."""
-    swept = []
+    """Remove `.NAME.hpspec-tmp-*` siblings of `out` that a killed run left behind.
+
+    Only under `out`'s lock: a live run holds it, so its files are never swept (a second run is
+    refused instead). An old output that a killed `--force` run had set aside, with nothing
+    renamed in its place, is put back at `out`, not deleted."""
+    swept: list[Path] = []
     if not out.parent.is_dir():
         return swept
+    with output_lock(out):
+        _restore_set_aside(out)
+        return _sweep(out)
+
+
+def _restore_set_aside(out: Path) -> None:
+    if out.exists() or out.is_symlink():
+        return
+    for old in sorted(out.parent.glob(f".{out.name}{TMP_MARKER}old-*/old")):
+        os.replace(old, out)
+        return
+
+
+def _sweep(out: Path) -> list[Path]:
+    swept = []
     for stale in out.parent.glob(f".{out.name}{TMP_MARKER}*"):
         if stale.is_dir() and not stale.is_symlink():
             shutil.rmtree(stale, ignore_errors=True)

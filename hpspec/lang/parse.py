@@ -32,6 +32,7 @@ Node = Union["Tree[Token]", Token]  # a child in lark's tree: a rule's subtree o
 _GRAMMAR_FILE = "hpspec.lark"
 MAX_NUMBER_CHARS = 100  # Python refuses to convert integers past 4300 digits; no real index or count is near 100
 _UNESCAPE = re.compile(r"\\(.)")
+_BARE_CR = re.compile(r"\r(?!\n)")
 
 # How the grammar's terminals read in an error message.
 _TERMINAL_WORDS = {
@@ -95,6 +96,8 @@ def parse(source: str, path: str = "<spec>", recover: bool = False) -> s.Spec:
     """Parse a whole spec. Raises `SpecError` with one diagnostic per malformed statement, or with
     `recover`, returns the statements that parsed and carries the syntax errors in the Spec."""
     sink = DiagnosticSink(path)
+    if _refuse_bare_carriage_return(source, sink):  # the whole file would be one line: nothing else is meaningful
+        raise SpecError(sink.sorted(), source)
     statements: list[s.Statement] = []
     comments: list[s.Comment] = []
     for chunk in _statement_chunks(source):
@@ -107,6 +110,22 @@ def parse(source: str, path: str = "<spec>", recover: bool = False) -> s.Spec:
     if sink.has_errors and not recover:
         raise SpecError(sink.sorted(), source)
     return s.Spec(path, source, tuple(statements), tuple(comments), sink.sorted())
+
+
+def _refuse_bare_carriage_return(source: str, sink: DiagnosticSink) -> bool:
+    """CR-only line endings (classic Mac OS) said as such, not as an invisible unexpected character."""
+    bare = _BARE_CR.search(source)
+    if bare is None:
+        return False
+    at = bare.start()
+    line_start = source.rfind("\n", 0, at) + 1
+    line, column = source.count("\n", 0, at) + 1, at - line_start + 1
+    sink.error(
+        "a carriage return without a newline: this file has CR-only line endings",
+        Span(line, column, line, column + 1, at, at + 1),
+        help="save it with LF (or CRLF) line endings",
+    )
+    return True
 
 
 def parse_file(path: str | Path, recover: bool = False) -> s.Spec:
@@ -221,7 +240,8 @@ def _report_syntax_error(error: UnexpectedInput, chunk: _Chunk, sink: Diagnostic
         if bad == '"':
             sink.error("unterminated string", span, help='close it with `"` on the same line')
         else:
-            sink.error(f"unexpected character `{bad}`", span, help=_expected_help(error.allowed))
+            shown = f"`{bad}`" if bad.isprintable() else f"U+{ord(bad):04X} (invisible)" if bad else "at the end"
+            sink.error(f"unexpected character {shown}", span, help=_expected_help(error.allowed))
         return
     token = getattr(error, "token", None)
     expected = set(getattr(error, "expected", ()) or ())

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hpspec.core.diagnostics import lines_of
 from hpspec.core.errors import ReportError, SensitivityError
 from hpspec.core.io import write_text_atomic
 from hpspec.core.paths import REPORT_NAME
@@ -362,7 +363,7 @@ def _spec(plan: Plan) -> dict[str, Any]:
         note = {"severity": d.severity, "message": d.message, "help": d.help or "", "where": where}
         by_line.setdefault(d.line, []).append(note)
     lines = []
-    for number, text in enumerate(plan.spec.source.splitlines(), start=1):
+    for number, text in enumerate(lines_of(plan.spec.source), start=1):
         code, comment = split_comment(text)
         lines.append(SpecLine(number, code, comment, by_line.pop(number, [])))
     loose = [n for notes in by_line.values() for n in notes]  # no line, or past the end

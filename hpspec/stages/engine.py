@@ -24,6 +24,7 @@ from typing import Any
 from hpspec.core import faults
 from hpspec.core.errors import HpspecError, PlanError
 from hpspec.core.io import atomic_directory, dumps_json, read_json_input, sweep_stale_siblings
+from hpspec.core.lock import output_lock
 from hpspec.core.paths import PLAN_NAME, PROVENANCE_NAME
 from hpspec.core.version import __version__
 from hpspec.model import targets
@@ -135,6 +136,11 @@ def run_stage(step: Stage, given: StageInput, out: Path, force: bool = False) ->
         raise HpspecError(f"{step.name} is not implemented in hpspec {__version__}")
     out = Path(out)
     _refuse_overlap(given.source, out)
+    with output_lock(out):  # one writer per output: a second run is refused, never sweeps this one's files
+        return _run_locked(step, given, out, force)
+
+
+def _run_locked(step: Stage, given: StageInput, out: Path, force: bool) -> StageResult:
     key = stage_key(step, given)
     sweep_stale_siblings(out)
     if out.exists() and not force:

@@ -8,6 +8,7 @@ exporting its `Stage`). `compile_model` runs every declared stage that can run; 
 
 from __future__ import annotations
 
+import shlex
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -132,9 +133,11 @@ def _continue_command(
     plan: Plan, model: str, out: Path, target: str | None, own: OwnOptions, requires: tuple[str, ...]
 ) -> str:
     """The same compile again: finished stages are not redone, so it picks up where this one stopped."""
-    flags = f" --target {target}" if target is not None else ""
-    flags += "".join(f" --{name} {getattr(own, name) or name.upper()}" for name in requires)
-    return f"hpspec compile {plan.spec.path} --model {model} --out {out}{flags}"
+    words = ["hpspec", "compile", str(plan.spec.path), "--model", model, "--out", str(out)]
+    words += ["--target", target] if target is not None else []
+    for name in requires:
+        words += [f"--{name}", str(getattr(own, name) or name.upper())]
+    return shlex.join(words)  # pasted into a shell, a path with a space or `;` stays one word
 
 
 def report(result: CompileResult, stream: Any = None) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 from hpspec.core import faults
 from hpspec.core.errors import CheckpointError, HpspecError, PlanError
-from hpspec.core.io import dumps_json
+from hpspec.core.io import dumps_json, file_states, require_unchanged
 from hpspec.core.paths import CONFIG_NAME, PLAN_NAME, WEIGHTS_INDEX_SUFFIX, WEIGHTS_NAME
 from hpspec.core.version import __version__
 from hpspec.model.safetensors_header import read_header
@@ -74,8 +74,10 @@ def _write(
     names = shard_names(len(layout))
     metadata = provenance_metadata(plan, {p.name: SHA256_PLACEHOLDER for p in source.shards})
     faults.point("prune.before_write", out)
+    states = file_states(source.shards)  # re-checked after the copy: a shard rewritten meanwhile is refused
     header_lengths = [_write_header(out / name, shard, metadata) for name, shard in zip(names, layout)]
     hashes = _copy_all(out, names, layout, sum(t.nbytes for shard in layout for t in shard), source.shards, progress)
+    require_unchanged(states, "source checkpoint", CheckpointError)
     faults.point("prune.before_metadata", out)
     final = provenance_metadata(plan, hashes)
     for name, shard, length in zip(names, layout, header_lengths):
