@@ -133,13 +133,39 @@ def write_text_atomic(path: Path, text: str) -> None:
         if path.exists():
             shutil.copymode(path, tmp)
         else:
-            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; a new file gets the usual mode
+            os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes it 0600; a new file gets the usual mode
         os.replace(tmp, path)
     except OSError as error:
         Path(tmp).unlink(missing_ok=True)
         raise OSError(error.errno, error.strerror, str(path)) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def atomic_file(out: Path, force: bool = False) -> Iterator[Path]:
+    """A temporary sibling to write; renamed onto `out` when the block ends, removed on any error.
+
+    An existing `out` needs `force`. The temporary file gets the mode a new file would (not
+    mkstemp's 0600); an OSError (a full disk) names `out`, not the temporary file."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale_siblings(out)
+    if out.exists() and not force:
+        raise HpspecError(f"{out}: already exists (use --force to replace it)")
+    fd, name = tempfile.mkstemp(prefix=f".{out.name}{TMP_MARKER}", dir=out.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~umask())
+        os.replace(tmp, out)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        raise HpspecError(f"{out}: cannot write: {error.strerror or error}") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -164,7 +190,7 @@ def _atomic_directory(out: Path, force: bool) -> Iterator[Path]:
     if out.exists() and not force:
         raise HpspecError(f"{out}: already exists (use --force to replace it)")
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}{TMP_MARKER}", dir=out.parent))
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; the output gets what mkdir would give
+    os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes it 0700; the output gets what mkdir would give
     aside: Path | None = None  # where an existing output waits while the new one is renamed in
     try:
         yield tmp
@@ -235,7 +261,8 @@ def _sweep(out: Path) -> list[Path]:
     return swept
 
 
-def _umask() -> int:
+def umask() -> int:
+    """The process's umask (read by setting and restoring it): the mode a new output file gets."""
     mask = os.umask(0)
     os.umask(mask)
     return mask

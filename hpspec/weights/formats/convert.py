@@ -12,21 +12,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from hpspec.core.errors import HpspecError, LayoutError
-from hpspec.core.io import (
-    TMP_MARKER,
-    _umask,
-    atomic_directory,
-    dumps_json,
-    sweep_stale_siblings,
-)
+from hpspec.core.errors import LayoutError
+from hpspec.core.io import atomic_directory, atomic_file, dumps_json
 from hpspec.core.paths import CONFIG_NAME, WEIGHTS_NAME
 from hpspec.model.formats.detect import DIFFUSERS, detect_file
 from hpspec.model.formats.infer import METADATA_CONFIG, METADATA_LAYOUT, Inferred, with_hints
@@ -235,26 +227,3 @@ def write_safetensors(path: Path, tensors: Sequence[OutTensor], meta: Mapping[st
         destination.seek(0, os.SEEK_END)
         for run in runs(tensors):
             copy_range(run, destination.fileno(), lambda _: None)
-
-
-@contextmanager
-def atomic_file(out: Path, force: bool = False) -> Iterator[Path]:
-    """A temporary sibling to write; renamed onto `out` when the block ends, removed on any error."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    sweep_stale_siblings(out)
-    if out.exists() and not force:
-        raise HpspecError(f"{out}: already exists (use --force to replace it)")
-    fd, name = tempfile.mkstemp(prefix=f".{out.name}{TMP_MARKER}", dir=out.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, out)
-    except OSError as error:
-        tmp.unlink(missing_ok=True)
-        raise HpspecError(f"{out}: cannot write: {error.strerror or error}") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from hpspec.core.errors import LayoutError
-from hpspec.core.io import parse_json
+from hpspec.core.io import atomic_file, parse_json
 from hpspec.model.formats.gguf_header import read_gguf
 from hpspec.model.formats.infer import METADATA_CONFIG
 from hpspec.model.formats.keymap import block_indices, renumber
@@ -33,7 +33,6 @@ from hpspec.model.formats.rules import key_map_of_family
 from hpspec.weights.checkpoint.tensors import OutTensor, Segment, byte_range
 from hpspec.weights.formats.convert import (
     Model,
-    atomic_file,
     layout_tensors,
     open_model,
 )
