@@ -15,6 +15,7 @@ from hpspec.stages.cards import comfyui_sd3_note
 from hpspec.stages.engine import DistillOptions, PruneOptions, StageInput, StageOptions, resolve_model, run_stage
 from hpspec.stages.pipeline import CompileResult, compile_model, load_stage_plan, report, stage
 from hpspec.weights.formats.pruned import parse_to
+from hpspec.weights.lora.run import prepare_loras, write_loras
 
 MODEL_HELP = (
     "a diffusers transformer directory, a pipeline root, a Hugging Face cache snapshot, a single file "
@@ -44,6 +45,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     compile_.add_argument(
         "--sensitivity", metavar="TABLE", help="sensitivity table for SGDistill (wins over the spec's table=)"
     )
+    compile_.add_argument(
+        "--lora", action="append", metavar="FILE", help="a LoRA of the full model, remapped into OUT/lora/"
+    )
     compile_.set_defaults(handler=cmd_compile)
 
     prune = commands.add_parser("prune", help="the prune stage alone: a checkpoint into a pruned checkpoint")
@@ -65,11 +69,13 @@ def cmd_compile(args: argparse.Namespace) -> int:
     options = StageOptions(
         PruneOptions(verify=args.verify, to=_to(args.to)), distill, report=write_stage_report if args.report else None
     )
+    loras = prepare_loras(plan, model, args.lora, Path(args.out)) if args.lora else []  # checked before any stage
     result = compile_model(
         plan, model, Path(args.out), force=args.force, options=options, model_label=args.model, target=args.target
     )
     report(result)
     _notes(plan, result)
+    write_loras(loras)
     return 0
 
 

@@ -5,8 +5,8 @@ A LoRA is made with peft on the full tiny model and saved with diffusers' `save_
 model is pruned, hpspec remaps the LoRA, diffusers loads the remapped file into the pruned model
 and fuses it. Both outputs must agree; the naive route (the un-remapped LoRA into the pruned model)
 must not. kohya and original-layout files are made by this file's own converter, written from the
-documented reference names (not hpspec's key maps), and read back by diffusers' kohya converter
-(FLUX) or by this file's inverse converter.
+documented reference names (not hpspec's key maps), and read back by this file's inverse converter
+(diffusers' own kohya FLUX converter assumes FLUX.1's full widths, so it cannot read a tiny model's).
 """
 
 from __future__ import annotations
@@ -206,3 +206,142 @@ def test_keys_it_cannot_place_are_kept_apart(loras: dict[str, Path], tmp_path: P
     assert next(iter(lokr)) not in written
     assert set(load_file(item.apart_path)) == set(lokr)
     assert item.coverage.apart == {next(iter(lokr)): "a LyCORIS (LoHa/LoKr) weight"}
+
+
+# --------------------------------------------------------------------------------------------
+# kohya and the original layouts, converted by this file from the reference names (Stability AI's
+# SD3 `joint_blocks`, Black Forest Labs' FLUX `double_blocks`/`single_blocks`); a fused module's
+# LoRA is the exact fusion of its pieces' LoRAs: down weights stacked, up weights block-diagonal.
+
+SAI_BLOCK = {
+    "x_block.attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
+    "context_block.attn.qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
+    "x_block.attn.proj": ("attn.to_out.0",),
+    "x_block.adaLN_modulation.1": ("norm1.linear",),
+    "x_block.mlp.fc1": ("ff.net.0.proj",),
+    "x_block.mlp.fc2": ("ff.net.2",),
+    "context_block.attn.proj": ("attn.to_add_out",),
+    "context_block.adaLN_modulation.1": ("norm1_context.linear",),  # the last block's: (shift, scale)
+    "context_block.mlp.fc1": ("ff_context.net.0.proj",),
+    "context_block.mlp.fc2": ("ff_context.net.2",),
+    "x_block.attn2.qkv": ("attn2.to_q", "attn2.to_k", "attn2.to_v"),
+    "x_block.attn2.proj": ("attn2.to_out.0",),
+}
+BFL_DOUBLE = {
+    "img_mod.lin": ("norm1.linear",),
+    "txt_mod.lin": ("norm1_context.linear",),
+    "img_attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
+    "txt_attn.qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
+    "img_attn.proj": ("attn.to_out.0",),
+    "txt_attn.proj": ("attn.to_add_out",),
+    "img_mlp.0": ("ff.net.0.proj",),
+    "img_mlp.2": ("ff.net.2",),
+    "txt_mlp.0": ("ff_context.net.0.proj",),
+    "txt_mlp.2": ("ff_context.net.2",),
+}
+BFL_SINGLE = {
+    "modulation.lin": ("norm.linear",),
+    "linear1": ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"),
+    "linear2": ("proj_out",),
+}
+STACKS = {
+    "sd3": [("joint_blocks", "transformer_blocks", "num_layers", SAI_BLOCK)],
+    "flux": [
+        ("double_blocks", "transformer_blocks", "num_layers", BFL_DOUBLE),
+        ("single_blocks", "single_transformer_blocks", "num_single_layers", BFL_SINGLE),
+    ],
+}
+
+
+def _swapped(kind: str, config: Any, i: int, name: str) -> bool:
+    return kind == "sd3" and i == config["num_layers"] - 1 and name == "context_block.adaLN_modulation.1"
+
+
+def _halves(up: torch.Tensor) -> torch.Tensor:
+    half = up.shape[0] // 2
+    return torch.cat([up[half:], up[:half]])
+
+
+def _stem(style: str, name: str) -> str:
+    return "lora_unet_" + name.replace(".", "_") if style == "kohya" else "diffusion_model." + name
+
+
+def to_original_layout(lora: Path, kind: str, model: torch.nn.Module, style: str, out: Path) -> Path:
+    """A diffusers LoRA as a kohya file (lora_down/lora_up/alpha) or a `diffusion_model.` file (scale baked in)."""
+    state, scale = load_file(lora), ALPHA / RANK
+    written: dict[str, torch.Tensor] = {}
+    family = "flux" if kind == "flux" else "sd3"
+    for original, diffusers, count, table in STACKS[family]:
+        for i in range(model.config[count]):
+            for name, parts in table.items():
+                stems = [f"transformer.{diffusers}.{i}.{p}" for p in parts]
+                if not any(f"{s}.lora_A.weight" in state for s in stems):
+                    continue
+                down = torch.cat([state[f"{s}.lora_A.weight"] for s in stems])
+                up = torch.block_diag(*[state[f"{s}.lora_B.weight"] for s in stems])
+                up = _halves(up) if _swapped(family, model.config, i, name) else up
+                stem = _stem(style, f"{original}.{i}.{name}")
+                if style == "kohya":
+                    written |= {f"{stem}.lora_down.weight": down, f"{stem}.lora_up.weight": up}
+                    written[f"{stem}.alpha"] = torch.tensor(scale * down.shape[0])
+                else:
+                    written |= {f"{stem}.lora_A.weight": down, f"{stem}.lora_B.weight": up * scale}
+    save_file({k: v.contiguous() for k, v in written.items()}, out)
+    return out
+
+
+def from_original_layout(path: Path, kind: str, model: torch.nn.Module, style: str) -> dict[str, torch.Tensor]:
+    """The inverse, for `model` (full or pruned): a diffusers state dict with the scale baked in."""
+    state = load_file(path)
+    sizes = {n: m.out_features for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    down_name, up_name = ("lora_down", "lora_up") if style == "kohya" else ("lora_A", "lora_B")
+    family = "flux" if kind == "flux" else "sd3"
+    out: dict[str, torch.Tensor] = {}
+    for original, diffusers, count, table in STACKS[family]:
+        for i in range(model.config[count]):
+            for name, parts in table.items():
+                stem = _stem(style, f"{original}.{i}.{name}")
+                if f"{stem}.{down_name}.weight" not in state:
+                    continue
+                down, up = state.pop(f"{stem}.{down_name}.weight"), state.pop(f"{stem}.{up_name}.weight")
+                if style == "kohya":
+                    up = up * (state.pop(f"{stem}.alpha").item() / down.shape[0])
+                up = _halves(up) if _swapped(family, model.config, i, name) else up
+                offset = 0
+                for part in parts:
+                    size = sizes[f"{diffusers}.{i}.{part}"]
+                    out[f"transformer.{diffusers}.{i}.{part}.lora_A.weight"] = down
+                    out[f"transformer.{diffusers}.{i}.{part}.lora_B.weight"] = up[offset : offset + size]
+                    offset += size
+                assert offset == up.shape[0]
+    assert not state, f"keys this converter did not read: {sorted(state)[:3]}"
+    return out
+
+
+@pytest.mark.parametrize(
+    "kind,style", [("sd3", "kohya"), ("sd35m", "original"), ("flux", "original"), ("flux", "kohya")]
+)
+def test_remapped_original_layout_lora(kind: str, style: str, loras: dict[str, Path], tmp_path: Path) -> None:
+    spec = CASES[kind] if kind != "flux" else "drop double_blocks[1], single_blocks[2], double_block[0].context_mlp"
+    source = to_original_layout(loras[kind], kind, build(kind), style, tmp_path / f"{style}.safetensors")
+    expected = forward(
+        apply(plan_for(build(kind), spec), fused(build(kind), from_original_layout(source, kind, build(kind), style)))
+    )
+    out = remapped(kind, spec, source, tmp_path / "lora")
+    assert all(k.startswith("lora_unet_" if style == "kohya" else "diffusion_model.") for k in load_file(out))
+    model = pruned(kind, spec)
+    got = forward(fused(model, from_original_layout(out, kind, model, style)))
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+    # and the same function as the diffusers-format LoRA it was converted from
+    torch.testing.assert_close(got, route_a(kind, spec, loras[kind]), atol=1e-4, rtol=1e-4)
+
+
+def test_a_partly_kept_fused_module_needs_diffusers_names(loras: dict[str, Path], tmp_path: Path) -> None:
+    spec = "drop single_block[0].mlp, double_blocks[1]"
+    source = to_original_layout(loras["flux"], "flux", build("flux"), "kohya", tmp_path / "kohya.safetensors")
+    with pytest.raises(LoraError, match=r"single_blocks\.0\.linear1.*--to diffusers"):
+        remapped("flux", spec, source, tmp_path / "lora")
+    out = remapped("flux", spec, source, tmp_path / "lora", to="diffusers")
+    assert all(k.startswith("transformer.") and ".alpha" not in k for k in load_file(out))
+    got = forward(fused(pruned("flux", spec), out))  # the alphas travel in peft's config (metadata)
+    torch.testing.assert_close(got, route_a("flux", spec, loras["flux"]), atol=1e-4, rtol=1e-4)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpspec.core.diagnostics import did_you_mean
-from hpspec.core.errors import LoraError
+from hpspec.core.errors import ArchitectureDataError, LoraError
 from hpspec.model.formats.keymap import Slice, expand, to_original
 from hpspec.model.formats.lora_rules import LoraRules, Pair, lora_rules
 from hpspec.model.formats.rules import key_map_of_family
@@ -23,6 +23,7 @@ from hpspec.model.safetensors_header import Header, TensorEntry, read_header
 
 DIFFUSERS = "diffusers"
 ORIGINAL = "original"
+NO_MODULE = "names no module"
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,10 @@ def model_shapes(graph: ModelGraph, config: Mapping[str, object] | None = None) 
     found = {o_t.name: o_t.shape for o in graph.outside for o_t in o.tensors}
     found.update({f"{b.module}.{t.name}": t.shape for b in graph.blocks for p in b.parts for t in p.tensors})
     linear = {n[: -len(weight)]: (s[0], s[1]) for n, s in found.items() if n.endswith(weight) and len(s) == 2}
-    fused = expand(key_map_of_family(graph.family), dict(config if config is not None else graph.config))
+    try:
+        fused = expand(key_map_of_family(graph.family), dict(config if config is not None else graph.config))
+    except (ArchitectureDataError, TypeError):  # a config that cannot expand the original layout: diffusers' names only
+        fused = ()
     original: dict[str, tuple[int, int]] = {}
     pieces: dict[str, tuple[Slice, ...]] = {}
     for name, parts in to_original(fused).items():
@@ -114,7 +118,7 @@ def read_adapter(path: Path, graph: ModelGraph, shapes: Shapes) -> Adapter:
         module = Module(stem, naming, name, pair, roles[pair.down], roles[pair.up], roles.get(rules.alpha))
         _fits(path, module, shapes)
         modules.append(module)
-    if not modules and apart:
+    if not modules and apart and all(why.startswith(NO_MODULE) for why in apart.values()):
         _refuse_foreign(path, graph, shapes, apart)
     return Adapter(path, header, tuple(modules), tuple(text), apart)
 
@@ -138,7 +142,7 @@ def _split(header: Header, rules: LoraRules) -> tuple[dict[str, dict[str, Tensor
         elif (suffix := next((s for s in suffixes if name.endswith(s)), None)) is not None:
             stems.setdefault(name[: -len(suffix)], {})[suffixes[suffix]] = entry
         else:
-            apart[name] = "not a LoRA down, up or alpha tensor"
+            apart[name] = f"{NO_MODULE}: not a LoRA down, up or alpha tensor"
     return stems, apart, sorted(text)
 
 

@@ -9,27 +9,29 @@ transformer, `<stem>.apart.safetensors` with those keys unchanged.
 from __future__ import annotations
 
 import hashlib
-import json
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hpspec.core.errors import LoraError
-from hpspec.core.io import dumps_json, write_text_atomic
+from hpspec.core.io import atomic_file, dumps_json, write_text_atomic
 from hpspec.core.version import __version__
 from hpspec.model.formats.lora_rules import lora_rules
 from hpspec.model.graph import ModelGraph
+from hpspec.model.targets import graph_from_path
 from hpspec.plan.plan import Plan
-from hpspec.weights.checkpoint.layout import OutTensor, Segment
 from hpspec.weights.checkpoint.source import check_fingerprint
-from hpspec.weights.formats.convert import atomic_file, write_safetensors
+from hpspec.weights.checkpoint.tensors import OutTensor, Segment
+from hpspec.weights.formats.convert import write_safetensors
 from hpspec.weights.lora.adapter import Adapter, Module, model_shapes, read_adapter
 from hpspec.weights.lora.coverage import Coverage, coverage, read_array
 from hpspec.weights.lora.metadata import PEFT_METADATA, alpha_metadata, peft_alpha, peft_config, renamed_metadata
 from hpspec.weights.lora.remap import remap
 from hpspec.weights.lora.write import output_tensors
 
+LORA_DIRECTORY = "lora"  # compile --lora writes OUT/lora/
 APART_SUFFIX = ".apart.safetensors"
 COVERAGE_SUFFIX = ".json"
 
@@ -118,21 +120,42 @@ def _apart(adapter: Adapter) -> tuple[OutTensor, ...]:
     return tuple(OutTensor(e.name, e.dtype, e.shape, (Segment(adapter.path, e.begin, e.end),)) for e in entries)
 
 
-def remap_adapters(
-    plan: Plan, graph: ModelGraph, paths: Sequence[Path], out_dir: Path, to: str = "same", force: bool = False
+def prepare_all(
+    plan: Plan, graph: ModelGraph, paths: Sequence[Path], out_dir: Path, to: str = "same"
 ) -> list[Remapped]:
-    """Remap every adapter, then write them all into `out_dir`."""
+    """Every adapter read, placed and remapped (nothing written): a bad one fails before any is."""
     names = [Path(p).name for p in paths]
     repeated = next((n for n in names if names.count(n) > 1), None)
     if repeated is not None:
         raise LoraError(f"two adapters are named {repeated!r}; their outputs would be the same file")
-    done = [prepare(plan, graph, Path(p), out_dir, to) for p in paths]
+    return [prepare(plan, graph, Path(p), out_dir, to) for p in paths]
+
+
+def remap_adapters(
+    plan: Plan, graph: ModelGraph, paths: Sequence[Path], out_dir: Path, to: str = "same", force: bool = False
+) -> list[Remapped]:
+    """Remap every adapter, then write them all into `out_dir`."""
+    done = prepare_all(plan, graph, paths, out_dir, to)
     for item in done:
         if not force and any(p.exists() for p in (item.out, item.coverage_path)):
             raise LoraError(f"{item.out}: already exists (use --force to replace it)")
     for item in done:
         write(item, force)
     return done
+
+
+def prepare_loras(plan: Plan, model: Path, paths: Sequence[str], out: Path) -> list[Remapped]:
+    """compile --lora: the adapters for the full model at `model`, remapped for OUT/lora/."""
+    graph = graph_from_path(model)
+    check_fingerprint(plan, graph, str(model))
+    return prepare_all(plan, graph, [Path(p) for p in paths], out / LORA_DIRECTORY)
+
+
+def write_loras(done: Sequence[Remapped], stream: Any = None) -> None:
+    """Write compile's remapped adapters (replacing OUT/lora's earlier ones), a coverage line each."""
+    for item in done:
+        write(item, force=True)
+        (stream or sys.stdout).write(summary(item) + "\n")
 
 
 def write(item: Remapped, force: bool = False) -> None:
@@ -180,7 +203,3 @@ def _ranges(numbers: Sequence[int]) -> str:
         else:
             out.append(str(n))
     return ", ".join(out)
-
-
-def coverage_json(item: Remapped) -> str:
-    return json.dumps(item.coverage.to_dict(), sort_keys=True)

@@ -17,7 +17,7 @@ from hpspec.model.formats.keymap import expand, to_original
 from hpspec.model.formats.lora_rules import Pair, lora_rules
 from hpspec.model.formats.rules import key_map_of_family
 from hpspec.model.safetensors_header import TensorEntry
-from hpspec.weights.checkpoint.layout import OutTensor, Segment
+from hpspec.weights.checkpoint.tensors import OutTensor, Segment
 from hpspec.weights.lora.adapter import DIFFUSERS, ORIGINAL, Adapter, Module, Naming
 from hpspec.weights.lora.remap import RowMap, Rows, one_module, select
 
