@@ -87,6 +87,13 @@ def detect_file(path: Path) -> SingleFile:
     return detect(read_header(Path(path)))
 
 
+def layout_of(header: Header) -> tuple[str, str]:
+    """(layout, prefix) of a file's transformer names, without inferring its config: cheap, and
+    what says whether a file is read as diffusers or through a key map."""
+    prefix, _, tensors, _ = _split(header)
+    return _layout(header.path, tensors), prefix
+
+
 def detect(header: Header) -> SingleFile:
     prefix, prefix_name, tensors, ignored = _split(header)
     layout = _layout(header.path, tensors)

@@ -15,11 +15,12 @@ from pathlib import Path
 
 from hpspec.core.errors import LayoutError
 from hpspec.core.paths import GGUF_SUFFIX, SAFETENSORS_SUFFIX, WEIGHTS_INDEX_SUFFIX
-from hpspec.model.formats.detect import DIFFUSERS, SingleFile, detect_file
+from hpspec.model.formats.detect import DIFFUSERS, SingleFile, detect_file, layout_of, refuse_unreadable
 from hpspec.model.formats.gguf_header import gguf_config, is_gguf, read_gguf
 from hpspec.model.formats.keymap import block_indices, expand, to_diffusers
 from hpspec.model.formats.rules import key_map_of_family
 from hpspec.model.graph import ModelGraph, graph_from_tensors
+from hpspec.model.safetensors_header import read_header
 
 TensorTable = dict[str, tuple[tuple[int, ...], str]]  # diffusers name -> (shape, dtype)
 GGUF_DTYPES = {"f32": "F32", "f16": "F16", "bf16": "BF16"}  # GGML float types as safetensors dtypes
@@ -38,8 +39,9 @@ def foreign_kind(path: Path) -> str | None:
         return "gguf"
     if path.suffix.lower() != SAFETENSORS_SUFFIX:
         return None
-    found = detect_file(path)
-    return "single" if found.layout != DIFFUSERS or found.prefix else None
+    refuse_unreadable(path)
+    layout, prefix = layout_of(read_header(path))
+    return "single" if layout != DIFFUSERS or prefix else None
 
 
 def diffusers_tensors(found: SingleFile) -> TensorTable:
