@@ -342,3 +342,64 @@ def test_the_printed_continue_command_is_shell_quoted(tmp_path: Path) -> None:
     assert not (tmp_path / "PWNED").exists()
     assert words == ["hpspec", "compile", str(spec), "--model", model, "--out", str(tmp_path / "o u t"),
                      "--data", "DATA", "--teacher", "t $(x)"]  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# Hand-edited plans: validated against themselves and the model before anything is written
+
+
+def _swap(plan: dict) -> None:
+    index = plan["stacks"]["blocks"]["index_map"]
+    index["0"], index["2"] = index["2"], index["0"]
+
+
+def _gap(plan: dict) -> None:
+    plan["stacks"]["blocks"]["index_map"]["3"] = 3  # kept blocks 0, 2, 3 must become 0, 1, 2
+
+
+def _minus_one(plan: dict) -> None:
+    plan["stacks"]["blocks"]["index_map"]["2"] = -1
+
+
+def _fake_part(word: str, module: str) -> Callable[[dict], None]:
+    def edit(plan: dict) -> None:  # `params` fixed to match, so that the counts alone cannot tell
+        params = {"transformer_blocks": 40_000, "pos_embed": 1_000}[word]
+        plan["ops"].append({"kind": "drop_part", "stack": "blocks", "block": 2, "part": word, "modules": [module],
+                            "params": params, "reason": "spec", "new_index": None})  # fmt: skip
+        plan["params"]["after_prune"] -= params
+
+    return edit
+
+
+def _config_override(plan: dict) -> None:
+    plan["config"]["in_channels"] = 8
+
+
+def _layer_count(plan: dict) -> None:
+    plan["config"]["num_layers"] = 4
+
+
+EDITS = {
+    "index-swap": _swap,
+    "index-gap": _gap,
+    "index-minus-one": _minus_one,
+    "part-transformer_blocks": _fake_part("transformer_blocks", "transformer_blocks"),
+    "part-pos_embed": _fake_part("pos_embed", "pos_embed"),
+    "config-override": _config_override,
+    "config-layer-count": _layer_count,
+}
+
+
+@pytest.mark.parametrize("edit", sorted(EDITS))
+def test_a_hand_edited_plan_is_refused_before_prune_writes(tmp_path: Path, tiny: Path, spec_file: Path, cli, edit: str) -> None:
+    plan = tmp_path / "plan.json"
+    assert cli("plan", spec_file, "--target", tiny, "--format", "json", "-o", plan).code == 0
+    assert cli("prune", plan, "--model", tiny, "--out", tmp_path / "as-compiled").code == 0  # the unedited plan runs
+    data = json.loads(plan.read_text(encoding="utf-8"))
+    EDITS[edit](data)
+    plan.write_text(json.dumps(data), encoding="utf-8")
+    out = tmp_path / "out"
+    result = cli("prune", plan, "--model", tiny, "--out", out)
+    assert result.code == 1, result
+    _one_error_line(result.err, plan)
+    assert not out.exists()

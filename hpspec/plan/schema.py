@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from hpspec.core.errors import PlanError
 from hpspec.core.io import parse_json, read_text_input
 from hpspec.plan.plan import SCHEMA_VERSION, Plan
+from hpspec.plan.validate import check_plan
 
 if TYPE_CHECKING:
     from pydantic import TypeAdapter
@@ -44,11 +45,13 @@ def load_plan(text: str, where: str = "plan") -> Plan:
     if version != SCHEMA_VERSION:
         raise PlanError(f"{where}: plan schema_version {version!r}; this hpspec reads version {SCHEMA_VERSION}")
     try:
-        return _adapter().validate_python(data)
+        plan: Plan = _adapter().validate_python(data)
     except ValidationError as error:
         first = error.errors()[0]
         location = ".".join(str(p) for p in first["loc"])
         raise PlanError(f"{where}: not a valid plan: {location}: {first['msg']}") from None
+    check_plan(plan, where)  # a plan must agree with itself (index maps, ops, config) before anything uses it
+    return plan
 
 
 def load_plan_file(path: Path) -> Plan:

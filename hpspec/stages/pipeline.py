@@ -20,6 +20,7 @@ from hpspec.plan.front import plan_file
 from hpspec.plan.plan import Plan
 from hpspec.plan.schema import load_plan_file
 from hpspec.plan.summary import diagnostics_text
+from hpspec.plan.validate import check_plan_fits
 from hpspec.stages.distill import DISTILL
 from hpspec.stages.engine import OwnOptions, Stage, StageInput, StageOptions, StageResult, run_stage
 from hpspec.stages.prune import PRUNE
@@ -55,9 +56,22 @@ def load_stage_plan(spec_or_plan: str, model: Path, target: str | None = None) -
     if spec_or_plan.endswith(".json"):
         if target is not None:
             raise HpspecError(f"{spec_or_plan}: --target applies to specs; a plan already names its target")
-        return load_plan_file(Path(spec_or_plan)), ""
+        return _fitting_plan(Path(spec_or_plan), model), ""
     plan, checked = plan_file(spec_or_plan, target, fallback=lambda: source_graph(model))
     return plan, diagnostics_text(checked.diagnostics, checked.spec.source)
+
+
+def _fitting_plan(path: Path, model: Path) -> Plan:
+    """A plan file, checked against itself (on load) and, if it was compiled for this model, against
+    its graph: a hand-edited plan is refused before anything is written (`plan.validate`)."""
+    plan = load_plan_file(path)
+    try:
+        graph = source_graph(model)
+    except HpspecError:
+        return plan  # the stage reading the model says what is wrong with it
+    if graph.fingerprint == plan.target.fingerprint:
+        check_plan_fits(plan, graph, str(path))
+    return plan
 
 
 # --------------------------------------------------------------------------------------------
