@@ -117,7 +117,8 @@ def coverage(
         )
     ordered = dict(sorted(blocks.items(), key=_order))
     total = _sum(list(ordered.values()), len(updates), len({f.module.stem for f in fates if f.kept}))
-    return Coverage(total, ordered, {k: tuple(sorted(v)) for k, v in dropped.items()}, dict(apart), text)
+    in_order = {k: tuple(sorted(dropped[k])) for k in singular.values() if k in dropped}
+    return Coverage(total, ordered, in_order, dict(apart), text)
 
 
 def _sum(shares: Sequence[Share], modules: int, kept: int) -> Share:
