@@ -24,13 +24,16 @@ def register(commands: argparse._SubParsersAction) -> None:
     report.add_argument("--against", metavar="OLD_PLAN", help="an older plan (or spec): adds the semantic diff")
     report.add_argument("--target", help="compile spec inputs for this target instead of their own")
     report.add_argument("--scales", metavar="FILE", help="SGDistill scales (a distill stage's scales.json)")
+    report.add_argument(
+        "--lora", action="append", metavar="COVERAGE", help="`hpspec lora`'s OUT/lora/<name>.json: coverage per block"
+    )
     report.add_argument("-o", "--output", help="write the page here (atomically) instead of stdout")
     report.set_defaults(handler=cmd_report)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     inputs = load_inputs(
-        args.plan, args.sensitivity, args.evaluation, args.evidence, args.against, args.target, args.scales
+        args.plan, args.sensitivity, args.evaluation, args.evidence, args.against, args.target, args.scales, args.lora
     )
     write_output(render_report(inputs), args.output)
     return 0

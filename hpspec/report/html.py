@@ -37,6 +37,7 @@ from hpspec.report.blockmap import (
 )
 from hpspec.report.images import checked_grid
 from hpspec.report.inputs import ReportInputs, check_evaluation, is_number, stage_inputs
+from hpspec.report.lora import lora_rows
 from hpspec.report.svg import Bar, bars_svg, heatmap_svg, legend_svg
 
 # --------------------------------------------------------------------------------------------
@@ -90,6 +91,7 @@ def build_page(inputs: ReportInputs) -> dict[str, Any]:
         "sensitivity": sensitivity_section(inputs.sensitivity, plan, layouts, fates),
         "evaluation": _evaluation(inputs.evaluation),
         "evidence": evidence_table(inputs.evidence),
+        "lora": evidence_table(lora_rows(inputs.lora)),
         "diff": diff,
         "ops": [_op_row(op, plan) for op in plan.ops],
         "training": _training(plan),

@@ -20,6 +20,7 @@ from hpspec.plan.front import plan_spec
 from hpspec.plan.plan import Plan
 from hpspec.plan.schema import load_plan
 from hpspec.report.images import checked_grid
+from hpspec.report.lora import load_coverage
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class ReportInputs:
     against: Plan | None = None
     labels: tuple[str, str] = ("old plan", "this plan")  # names of `against` and `plan` in the diff
     scales: Mapping[str, float] | None = None  # SGDistill scales (a distill stage's scales.json)
+    lora: Sequence[Mapping[str, Any]] | None = None  # `hpspec lora` coverage files (report/lora.py)
 
 
 def is_number(value: Any) -> bool:
@@ -78,6 +80,7 @@ def load_inputs(
     against: str | Path | None = None,
     target: str | None = None,
     scales: str | Path | None = None,
+    lora: Sequence[str | Path] | None = None,
 ) -> ReportInputs:
     """The inputs of `hpspec report`, each read and checked (paths as the command line gives them)."""
     return ReportInputs(
@@ -90,6 +93,7 @@ def load_inputs(
         against=load_plan_input(against, target) if against else None,
         labels=(str(against), str(plan)) if against else ("old plan", "this plan"),
         scales=read_json_input(Path(scales), "scales") if scales else None,
+        lora=[load_coverage(p) for p in lora] if lora else None,
     )
 
 

@@ -60,6 +60,18 @@ def test_lora_from_a_stage_dir_a_plan_and_a_spec(cli, setup: dict[str, Path]) ->
     assert first == (root / "out2" / name).read_bytes() == (root / "out3" / name).read_bytes()
     again = cli("lora", root / "pruned", setup["lora"], "-o", root / "out1")
     assert again.code == 1 and "already exists" in again.err
+    coverage = root / "out1" / (setup["lora"].stem + ".json")
+    page = cli("report", root / "plan.json", "--lora", coverage, "-o", root / "report.html")
+    assert page.code == 0, page.err
+    html = (root / "report.html").read_text()
+    kept = report["total"]["kept_modules"], report["total"]["modules"]
+    assert (
+        'id="lora"' in html
+        and '<td class="">block[1]</td><td class="">0 of ' in html
+        and f"{kept[0]} of {kept[1]}" in html
+    )
+    bad = cli("report", root / "plan.json", "--lora", root / "plan.json", "-o", root / "bad.html")
+    assert bad.code == 1 and "LoRA coverage" in bad.err and not (root / "bad.html").exists()
 
 
 def test_a_lora_for_another_width_is_one_error_and_writes_nothing(cli, setup: dict[str, Path], tmp_path: Path) -> None:

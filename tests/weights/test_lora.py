@@ -345,3 +345,14 @@ def test_a_partly_kept_fused_module_needs_diffusers_names(loras: dict[str, Path]
     assert all(k.startswith("transformer.") and ".alpha" not in k for k in load_file(out))
     got = forward(fused(pruned("flux", spec), out))  # the alphas travel in peft's config (metadata)
     torch.testing.assert_close(got, route_a("flux", spec, loras["flux"]), atol=1e-4, rtol=1e-4)
+
+
+def test_peft_prefix_and_no_prefix_give_the_same_tensors(loras: dict[str, Path], tmp_path: Path) -> None:
+    state = load_file(loras["sd35m"])
+    reference = load_file(remapped("sd35m", CASES["sd35m"], loras["sd35m"], tmp_path / "ref"))
+    for prefix in ("base_model.model.", ""):
+        source = tmp_path / f"p{len(prefix)}.safetensors"
+        save_file({prefix + k.removeprefix("transformer."): v for k, v in state.items()}, source)
+        out = load_file(remapped("sd35m", CASES["sd35m"], source, tmp_path / f"o{len(prefix)}"))
+        assert out.keys() == {prefix + k.removeprefix("transformer.") for k in reference}
+        assert all(torch.equal(out[prefix + k.removeprefix("transformer.")], v) for k, v in reference.items())
