@@ -254,7 +254,7 @@ def _llama(tmp_path: Path, models: Callable[[str], Path]) -> list[str]:
 
 
 def _k_quant(tmp_path: Path, models: Callable[[str], Path]) -> list[str]:
-    return ["convert", models("flux.bfl"), "--to", "gguf:Q4_K", "-o", tmp_path / "OUT"]
+    return ["convert", models("flux.bfl"), "--to", "gguf:Q5_K", "-o", tmp_path / "OUT"]
 
 
 def _parts(tmp_path: Path, models: Callable[[str], Path]) -> list[str]:
@@ -274,7 +274,7 @@ BAD: dict[str, tuple[Callable[[Path, Callable[[str], Path]], list[Any]], str]] =
     "unknown layout": (_unknown, "unknown single-file layout: tensor name prefixes found: foo.* (1); layouts known"),
     "mixed layouts": (_mixed, "mixed key layouts in one file: bfl ('double_blocks.0.a.weight') and sai"),
     "gguf of an unknown arch": (_llama, "a GGUF of architecture 'llama'; hpspec knows flux, sd3"),
-    "a type the gguf package cannot quantize": (_k_quant, "the gguf package can read K-quants but not write them"),
+    "a type the gguf package cannot quantize": (_k_quant, "the gguf package can read the other K-quants but not write them"),
     "part drops to a foreign layout": (_parts, "drops parts of blocks (double_blocks[1].context_mlp)"),
     "a pickle file": (_pickle, "pickle"),
     "an unknown --to": (_layout, "unknown layout 'ckpt' for --to; known: diffusers, bfl, sai, comfyui, gguf[:TYPE]"),

@@ -15,8 +15,8 @@ from safetensors.torch import load_file, save_file
 
 from hpspec.core.errors import HpspecError, LayoutError
 from hpspec.model.formats import detect_file
-from hpspec.weights.formats.convert import convert
 from hpspec.model.formats.gguf_header import gguf_config, read_gguf
+from hpspec.weights.formats.convert import convert
 from hpspec.weights.formats.gguf import convert_to_gguf, drop_blocks, parse_type
 from tests.tiny_models import build, forward, inputs, isolated, same_tensors, save
 
@@ -224,8 +224,8 @@ def test_gguf_blocks_drop_without_dequantizing(tmp_path: Path, saved: Callable[[
 
 
 def test_gguf_bad_types_and_architectures_are_one_line(tmp_path: Path) -> None:
-    with pytest.raises(LayoutError, match="GGUF type 'Q4_K' cannot be written \\(the gguf package can read K-quants but not write them\\)"):
-        parse_type("Q4_K")
+    with pytest.raises(LayoutError, match="GGUF type 'Q6_K' cannot be written \\(hpspec writes q4_k; the gguf package can read the other K-quants but not write them\\)"):
+        parse_type("Q6_K")
     import gguf
 
     writer = gguf.GGUFWriter(path=None, arch="llama")
@@ -235,3 +235,45 @@ def test_gguf_bad_types_and_architectures_are_one_line(tmp_path: Path) -> None:
     writer.close()
     with pytest.raises(LayoutError, match="a GGUF of architecture 'llama'; hpspec knows flux, sd3"):
         read_gguf(tmp_path / "llama.gguf")
+
+
+def test_q4_k_decodes_with_the_gguf_packages_dequantizer_better_than_q4_1() -> None:
+    import gguf
+    import numpy as np
+
+    from hpspec.weights.formats.kquants import quantize_q4_k
+
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((32, 512)) * 0.02).astype(np.float32)
+    x[3, 7], x[9, 300] = 0.5, -0.4  # outliers, as trained weights have
+    x[5] = 0.0  # a row of zeros
+    x[6] = 0.25  # a constant row
+    encoded = quantize_q4_k(x)
+    assert encoded.shape == (32, 512 // 256 * 144) and encoded.dtype == np.uint8
+    back = gguf.quants.dequantize(encoded, gguf.GGMLQuantizationType.Q4_K)
+    assert np.array_equal(back[5], x[5]) and np.allclose(back[6], x[6], atol=1e-3)
+
+    def rmse(y: np.ndarray) -> float:
+        return float(np.sqrt(np.mean((y - x) ** 2)) / np.sqrt(np.mean(x**2)))
+
+    q4_1 = gguf.GGMLQuantizationType.Q4_1
+    assert rmse(back) < rmse(gguf.quants.dequantize(gguf.quants.quantize(x, q4_1), q4_1)) < 0.1
+
+
+def test_a_q4_k_gguf_loads_in_diffusers_within_its_error(tmp_path: Path, flux_loadable: Any) -> None:
+    from diffusers import FluxTransformer2DModel, GGUFQuantizationConfig
+
+    from tests.tiny_models import FLUX_CONFIG
+
+    config = {**FLUX_CONFIG, "num_layers": 1, "num_single_layers": 1, "attention_head_dim": 128, "axes_dims_rope": (16, 56, 56)}
+    torch.manual_seed(0)
+    model = FluxTransformer2DModel(**config).eval()  # 256 wide: its Linears' rows fill Q4_K's 256-weight blocks
+    model.save_pretrained(tmp_path / "wide")
+    path = convert_to_gguf(tmp_path / "wide", tmp_path / "wide-q4_k.gguf", "gguf:Q4_K")
+    assert read_gguf(path).tensors["double_blocks.0.img_attn.qkv.weight"].type == "q4_k"
+    loaded = FluxTransformer2DModel.from_single_file(
+        str(path), quantization_config=GGUFQuantizationConfig(compute_dtype=torch.float32), config=str(tmp_path / "wide")
+    )
+    feed = inputs("flux")
+    expected = forward(model, feed)
+    assert float((forward(loaded, feed) - expected).norm() / expected.norm()) <= 0.1  # as q4_0's bound above

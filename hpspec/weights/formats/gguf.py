@@ -36,8 +36,9 @@ from hpspec.weights.formats.convert import (
     layout_tensors,
     open_model,
 )
+from hpspec.weights.formats.kquants import quantize_q4_k
 
-TYPES = ("f32", "f16", "bf16", "q8_0", "q5_0", "q5_1", "q4_0", "q4_1")  # what hpspec writes
+TYPES = ("f32", "f16", "bf16", "q8_0", "q5_0", "q5_1", "q4_0", "q4_1", "q4_k")  # what hpspec writes
 FLOAT_TYPES = ("f32", "f16", "bf16")
 TINY = 1024  # tensors of at most this many elements stay in F32 (city96's QUANTIZATION_THRESHOLD)
 KEEP = {  # name prefixes kept unquantized, per architecture (city96's llama.cpp patch)
@@ -45,6 +46,7 @@ KEEP = {  # name prefixes kept unquantized, per architecture (city96's llama.cpp
     "sd3": ("final_layer.", "t_embedder.", "y_embedder.", "x_embedder.", "context_embedder.", "pos_embed"),
 }
 SAME_TYPE = {"F32": "f32", "F16": "f16", "BF16": "bf16"}  # safetensors dtype -> the GGML type of the same bytes
+ENCODERS = {"q4_k": quantize_q4_k}  # hpspec's own numpy encoders (hpspec.weights.formats.kquants)
 CHUNK_ELEMENTS = 4 << 20  # rows are read, cast and quantized about this many elements at a time
 
 
@@ -53,7 +55,9 @@ def parse_type(text: str) -> str:
     name = text.lower().removeprefix("gguf:").strip()
     if name not in TYPES:
         hint = (
-            " (the gguf package can read K-quants but not write them)" if name.endswith("_k") or "_k_" in name else ""
+            " (hpspec writes q4_k; the gguf package can read the other K-quants but not write them)"
+            if name.endswith("_k") or "_k_" in name
+            else ""
         )
         raise LayoutError(f"GGUF type {text!r} cannot be written{hint}; known: {', '.join(TYPES)}")
     return name
@@ -147,6 +151,8 @@ def _encoded(tensor: OutTensor, kind: str) -> Any:
     if (tensor.dtype, kind) == ("BF16", "f16"):
         return _bf16_to_f16()[raw.view(np.uint16)]
     data = _decode(raw, tensor.dtype).reshape(tensor.shape)
+    if kind in ENCODERS:  # what the gguf package cannot quantize (K-quants)
+        return ENCODERS[kind](data)
     return np.ascontiguousarray(gguf.quants.quantize(data, _ggml(kind)))
 
 
@@ -186,7 +192,8 @@ def _np_float32() -> Any:
 def _file_type(wanted: str) -> int:
     import gguf
 
-    return int(gguf.LlamaFileType[{"f32": "ALL_F32"}.get(wanted, f"MOSTLY_{wanted.upper()}")])
+    named = {"f32": "ALL_F32", "q4_k": "MOSTLY_Q4_K_S"}  # every quantizable tensor Q4_K: llama.cpp's _S mix
+    return int(gguf.LlamaFileType[named.get(wanted, f"MOSTLY_{wanted.upper()}")])
 
 
 def _nbytes(shape: Sequence[int], kind: str) -> int:
