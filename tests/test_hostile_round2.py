@@ -21,11 +21,20 @@ from pathlib import Path
 import pytest
 
 from hpspec.core.diagnostics import MAX_LINE_COLUMNS, MAX_SHOWN, MERGE_AFTER
+from hpspec.core.errors import CheckpointError
 from hpspec.core.faults import ENV as FAULT_ENV
-from hpspec.core.io import sweep_stale_siblings
+from hpspec.core.io import atomic_directory, sweep_stale_siblings
 from hpspec.model.graph import MAX_BLOCKS
 from tests.conftest import REPO
-from tests.hostile_checkpoints import TINY_SD3, compile_in_process, contents, leftovers, write_checkpoint
+from tests.hostile_checkpoints import (
+    TINY_SD3,
+    compile_in_process,
+    contents,
+    leftovers,
+    read_raw,
+    write_checkpoint,
+    write_raw,
+)
 
 WATCHDOG_S = 120  # only a stuck run trips it
 ITEMS = 8000  # the reproduction: one line repeating an item 8,000 times (a 40 KB spec)
@@ -403,3 +412,41 @@ def test_a_hand_edited_plan_is_refused_before_prune_writes(tmp_path: Path, tiny:
     assert result.code == 1, result
     _one_error_line(result.err, plan)
     assert not out.exists()
+
+
+# --------------------------------------------------------------------------------------------
+# Also: errors that name the right thing, and `check` refusing what `compile` refuses
+
+
+def test_an_error_inside_an_output_names_the_output_not_the_removed_temporary(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with pytest.raises(CheckpointError) as caught:
+        with atomic_directory(out) as tmp:
+            raise CheckpointError(f"{tmp / 'model.safetensors'}: header is broken")
+    assert str(caught.value) == f"{out / 'model.safetensors'}: header is broken"
+    assert not out.exists() and leftovers(out) == []
+
+
+def test_a_flux_checkpoint_labelled_sd3_is_said_as_such(tmp_path: Path, cli, spec_file: Path) -> None:
+    from tests.tiny_models import FLUX_CONFIG  # here: that module imports torch
+
+    model = write_checkpoint(tmp_path / "flux", config={"_class_name": "FluxTransformer2DModel", **FLUX_CONFIG})
+    config = json.loads((model / "config.json").read_text(encoding="utf-8"))
+    (model / "config.json").write_text(json.dumps({**config, "_class_name": "SD3Transformer2DModel"}), encoding="utf-8")
+    checked = cli("check", "--target", model, spec_file)
+    compiled = compile_in_process(spec_file, model, tmp_path / "out")
+    for said in (checked.out, compiled.err):
+        assert "TypeError" not in said and "FluxTransformer2DModel" in said and "SD3Transformer2DModel" in said, said
+    assert checked.code == compiled.code == 1
+
+
+def test_a_stray_zero_sized_tensor_is_refused_by_check_as_by_compile(tmp_path: Path, cli, spec_file: Path) -> None:
+    model = write_checkpoint(tmp_path / "model", shards=1)
+    shard = next(model.glob("*.safetensors"))
+    header, body = read_raw(shard)
+    header["stray"] = {"dtype": "F32", "shape": [0], "data_offsets": [len(body), len(body)]}
+    write_raw(shard, header, body)
+    checked = cli("check", "--target", model, spec_file)
+    compiled = compile_in_process(spec_file, model, tmp_path / "out")
+    assert checked.code == compiled.code == 1
+    assert "'stray'" in checked.out and "'stray'" in compiled.err

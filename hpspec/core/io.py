@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from hpspec.core import faults
-from hpspec.core.errors import HpspecError
+from hpspec.core.errors import HpspecError, SpecError
 from hpspec.core.lock import output_lock
 
 TMP_MARKER = ".hpspec-tmp-"
@@ -213,6 +213,11 @@ def _atomic_directory(out: Path, force: bool) -> Iterator[Path]:
             f" ({os.fsdecode(error.filename).replace(str(tmp), str(out))})" if error.filename else ""
         )  # as it would be named
         raise HpspecError(f"{out}: cannot write: {error.strerror or error}{where}") from None
+    except HpspecError as error:  # one that names the temporary directory (gone now) names the output instead
+        _abandon(tmp, aside, out)
+        if str(tmp) not in str(error) or isinstance(error, SpecError):
+            raise
+        raise type(error)(str(error).replace(str(tmp), str(out))) from None
     except BaseException:
         _abandon(tmp, aside, out)
         raise

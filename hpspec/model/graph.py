@@ -181,12 +181,18 @@ def graph_from_tensors(
     """Build the graph from `{full tensor name: (shape, dtype)}` with the family's data file."""
     arch = architecture(family)
     buffers = {t.name for o in arch.outside for t in o.tensors if t.buffer}
+    known = {o.module for o in arch.outside}
     per_stack: dict[str, dict[int, dict[str, tuple[tuple[int, ...], str]]]] = {s.name: {} for s in arch.stacks}
     outside: dict[str, list[Tensor]] = {}
     for full, (shape, dtype) in tensors.items():
         stack, index, rest = _split_block_name(arch, full)
         if stack is None:
             module = full.split(".", 1)[0]
+            if module not in known:  # as the prune stage refuses it: `check` must not accept what `compile` cannot write
+                raise TargetError(
+                    f"{source}: holds tensor {full!r}, which no {family} model has "
+                    f"(its top-level modules are {', '.join(sorted(known))})"
+                )
             outside.setdefault(module, []).append(Tensor(full, tuple(shape), dtype, full in buffers))
         else:
             per_stack[stack].setdefault(index, {})[rest] = (tuple(shape), dtype)
@@ -336,9 +342,17 @@ def graph_from_headers(
     headers: Iterable[Header], name: str, source: str, config: Mapping[str, Any] | None
 ) -> ModelGraph:
     tensors = {e.name: (e.shape, e.dtype) for h in headers for e in h.tensors.values()}
-    family = family_of_config(config, source) if config is not None else family_of_tensors(tensors)
+    by_names = family_of_tensors(tensors)
+    family = family_of_config(config, source) if config is not None else by_names
     if family is None:
         raise TargetError(f"{source}: its tensor names match no model family hpspec knows, and there is no config.json")
+    if by_names is not None and by_names != family:  # a mislabelled config, said as such (not as a TypeError later)
+        assert config is not None
+        raise TargetError(
+            f"{source}: config.json's `_class_name` {config.get('_class_name')!r} is a {family} model's, but the "
+            f"weights' tensor names are a {by_names} model's; config.json should say "
+            f"{' or '.join(architecture(by_names).class_names)}"
+        )
     return graph_from_tensors(family, tensors, name, source, config)
 
 
