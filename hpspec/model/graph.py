@@ -188,7 +188,8 @@ def graph_from_tensors(
         stack, index, rest = _split_block_name(arch, full)
         if stack is None:
             module = full.split(".", 1)[0]
-            if module not in known:  # as the prune stage refuses it: `check` must not accept what `compile` cannot write
+            # as the prune stage refuses it: `check` must not accept what `compile` cannot write
+            if module not in known:
                 raise TargetError(
                     f"{source}: holds tensor {full!r}, which no {family} model has "
                     f"(its top-level modules are {', '.join(sorted(known))})"
