@@ -165,6 +165,15 @@ def test_a_quantized_gguf_drops_whole_blocks_with_its_bytes_as_they_are(
     assert json.loads(after.fields["hpspec.config"])["num_single_layers"] == 2
 
 
+def test_prune_writes_the_layout_asked_for(cli: Cli, tmp_path: Path, models: Callable[[str], Path]) -> None:
+    spec = tmp_path / "spec.hps"
+    spec.write_text(SPECS["flux"], encoding="utf-8")
+    result = cli("prune", spec, "--model", models("flux"), "--out", tmp_path / "pruned", "--to", "comfyui")
+    assert result.code == 0, result.err
+    found = detect_file(tmp_path / "pruned" / "transformer.safetensors")
+    assert (found.layout_name, found.config["num_layers"], found.config["num_single_layers"]) == ("comfyui", 2, 2)
+
+
 def test_convert_writes_exactly_the_file_asked_for(cli: Cli, tmp_path: Path, models: Callable[[str], Path]) -> None:
     out = tmp_path / "flux-Q8_0.gguf"
     result = cli("convert", models("flux.bfl"), "--to", "gguf:q8_0", "-o", out)
@@ -270,13 +279,21 @@ def _layout(tmp_path: Path, models: Callable[[str], Path]) -> list[str]:
     return ["compile", "SPEC", "--model", models("flux.bfl"), "--to", "ckpt"]
 
 
+def _sd3_gguf_last_block(tmp_path: Path, models: Callable[[str], Path]) -> list[str]:
+    return ["compile", "SPEC:drop blocks[5]", "--model", models("sd3.q8_0")]
+
+
 BAD: dict[str, tuple[Callable[[Path, Callable[[str], Path]], list[Any]], str]] = {
     "unknown layout": (_unknown, "unknown single-file layout: tensor name prefixes found: foo.* (1); layouts known"),
     "mixed layouts": (_mixed, "mixed key layouts in one file: bfl ('double_blocks.0.a.weight') and sai"),
     "gguf of an unknown arch": (_llama, "a GGUF of architecture 'llama'; hpspec knows flux, sd3"),
-    "a type the gguf package cannot quantize": (_k_quant, "the gguf package can read the other K-quants but not write them"),
+    "a type the gguf package cannot quantize": (
+        _k_quant,
+        "the gguf package can read the other K-quants but not write them",
+    ),
     "part drops to a foreign layout": (_parts, "drops parts of blocks (double_blocks[1].context_mlp)"),
     "a pickle file": (_pickle, "pickle"),
+    "sd3's last block from a gguf": (_sd3_gguf_last_block, "that is not done on a GGUF: keep the last block"),
     "an unknown --to": (_layout, "unknown layout 'ckpt' for --to; known: diffusers, bfl, sai, comfyui, gguf[:TYPE]"),
 }
 
