@@ -356,3 +356,24 @@ def test_peft_prefix_and_no_prefix_give_the_same_tensors(loras: dict[str, Path],
         out = load_file(remapped("sd35m", CASES["sd35m"], source, tmp_path / f"o{len(prefix)}"))
         assert out.keys() == {prefix + k.removeprefix("transformer.") for k in reference}
         assert all(torch.equal(out[prefix + k.removeprefix("transformer.")], v) for k, v in reference.items())
+
+
+def test_an_adapter_for_another_model_is_refused(tmp_path: Path) -> None:
+    save_file(
+        {"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.ones(4, 8)}, tmp_path / "x.safetensors"
+    )
+    full = build("flux")
+    with pytest.raises(
+        LoraError, match=r"no key names a LoRA module of this flux model; the first is 'lora_unet_down_blocks"
+    ):
+        remap_adapters(
+            plan_for(full, "drop double_blocks[1]"), graph_from_module(full), [tmp_path / "x.safetensors"], tmp_path
+        )
+
+
+def test_the_input_is_never_replaced(loras: dict[str, Path]) -> None:
+    full = build("sd3")
+    with pytest.raises(LoraError, match="would replace the input"):
+        remap_adapters(
+            plan_for(full, "drop blocks[1]"), graph_from_module(full), [loras["sd3"]], loras["sd3"].parent, force=True
+        )

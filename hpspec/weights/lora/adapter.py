@@ -120,6 +120,8 @@ def read_adapter(path: Path, graph: ModelGraph, shapes: Shapes) -> Adapter:
         modules.append(module)
     if not modules and apart and all(why.startswith(NO_MODULE) for why in apart.values()):
         _refuse_foreign(path, graph, shapes, apart)
+    if not header.tensors:
+        raise LoraError(f"{path}: holds no tensors; a LoRA adapter (.safetensors) was expected")
     return Adapter(path, header, tuple(modules), tuple(text), apart)
 
 

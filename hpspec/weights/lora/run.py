@@ -128,7 +128,11 @@ def prepare_all(
     repeated = next((n for n in names if names.count(n) > 1), None)
     if repeated is not None:
         raise LoraError(f"two adapters are named {repeated!r}; their outputs would be the same file")
-    return [prepare(plan, graph, Path(p), out_dir, to) for p in paths]
+    done = [prepare(plan, graph, Path(p), out_dir, to) for p in paths]
+    for item in done:
+        if item.out.resolve() == item.source.resolve():
+            raise LoraError(f"{item.source}: the output would replace the input; write to another directory (-o)")
+    return done
 
 
 def remap_adapters(
