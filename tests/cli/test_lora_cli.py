@@ -104,3 +104,13 @@ print(code, heavy)
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip().splitlines()[-1] == "0 []"
+
+
+def test_compile_with_a_bad_lora_writes_nothing(cli, setup: dict[str, Path], tmp_path: Path) -> None:
+    (tmp_path / "empty.safetensors").write_bytes(b"\x02\x00\x00\x00\x00\x00\x00\x00{}")
+    out = tmp_path / "out"
+    done = cli(
+        "compile", setup["spec"], "--model", setup["model"], "--out", out, "--lora", tmp_path / "empty.safetensors"
+    )
+    assert done.code == 1 and done.err.startswith("error:") and "holds no tensors" in done.err
+    assert not out.exists()

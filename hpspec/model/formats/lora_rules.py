@@ -28,6 +28,7 @@ class Pair(Rule):
 class DiffusersNaming(Rule):
     prefixes: tuple[str, ...]
     written: str
+    pair: str  # the name of the pair `--to diffusers` writes
 
 
 class OriginalNaming(Rule):
@@ -68,7 +69,14 @@ class LoraRules(Rule):
         names = [n for p in self.pairs for n in (p.down, p.up)]
         if len(set(names)) != len(names):
             raise ValueError("the down/up names of `pairs` must all differ")
+        if self.diffusers.pair not in {p.name for p in self.pairs}:
+            raise ValueError(f"diffusers.pair {self.diffusers.pair!r} is none of `pairs`")
         return self
+
+    @property
+    def diffusers_pair(self) -> Pair:
+        """The pair diffusers' names are written with."""
+        return next(p for p in self.pairs if p.name == self.diffusers.pair)
 
 
 @cache

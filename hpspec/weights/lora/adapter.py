@@ -9,7 +9,7 @@ what they are (text encoder, LyCORIS, DoRA, no module of this model), never drop
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -197,7 +197,3 @@ def _refuse_foreign(path: Path, graph: ModelGraph, shapes: Shapes, apart: Mappin
         f"{path}: no key names a LoRA module of this {graph.family} model; the first is {first!r} "
         f"({apart[first]}){hint}"
     )
-
-
-def stems_of(modules: Sequence[Module]) -> list[str]:
-    return [m.stem for m in modules]

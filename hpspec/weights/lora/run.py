@@ -23,13 +23,13 @@ from hpspec.model.graph import ModelGraph
 from hpspec.model.targets import graph_from_path
 from hpspec.plan.plan import Plan
 from hpspec.weights.checkpoint.source import check_fingerprint
-from hpspec.weights.checkpoint.tensors import OutTensor, Segment
+from hpspec.weights.checkpoint.tensors import OutTensor
 from hpspec.weights.formats.convert import write_safetensors
 from hpspec.weights.lora.adapter import Adapter, Module, model_shapes, read_adapter
 from hpspec.weights.lora.coverage import Coverage, coverage, read_array
 from hpspec.weights.lora.metadata import PEFT_METADATA, alpha_metadata, peft_alpha, peft_config, renamed_metadata
 from hpspec.weights.lora.remap import remap
-from hpspec.weights.lora.write import output_tensors
+from hpspec.weights.lora.write import copied, output_tensors
 
 LORA_DIRECTORY = "lora"  # compile --lora writes OUT/lora/
 APART_SUFFIX = ".apart.safetensors"
@@ -100,7 +100,7 @@ def _alphas(
 ) -> dict[str, str]:
     """`--to diffusers` of modules with `.alpha`: every written module's rank and alpha in peft's config."""
     config = peft_config(adapter.header.metadata)
-    down = "." + lora_rules().pairs[0].down + "." + lora_rules().weight
+    down = "." + lora_rules().diffusers_pair.down + "." + lora_rules().weight
     prefix = lora_rules().diffusers.written
     found: dict[str, tuple[int, float]] = {}
     for tensor in tensors:
@@ -116,8 +116,7 @@ def _alphas(
 
 
 def _apart(adapter: Adapter) -> tuple[OutTensor, ...]:
-    entries = [adapter.header.tensors[name] for name in sorted(adapter.apart)]
-    return tuple(OutTensor(e.name, e.dtype, e.shape, (Segment(adapter.path, e.begin, e.end),)) for e in entries)
+    return tuple(copied(adapter.path, adapter.header.tensors[name], name) for name in sorted(adapter.apart))
 
 
 def prepare_all(

@@ -31,7 +31,8 @@ class Output:
     alphas: Mapping[str, Module] = field(default_factory=dict)  # --to diffusers: module -> its `.alpha` source
 
 
-def _copy(path: Path, entry: TensorEntry, name: str) -> OutTensor:
+def copied(path: Path, entry: TensorEntry, name: str) -> OutTensor:
+    """A whole tensor of the input file, under `name`."""
     return OutTensor(name, entry.dtype, entry.shape, (Segment(path, entry.begin, entry.end),))
 
 
@@ -49,11 +50,11 @@ def _module(path: Path, stem: str, pair: Pair, rows: Sequence[Rows], alpha_tenso
     module = one_module(stem, rows)
     weight, alpha = lora_rules().weight, lora_rules().alpha
     out = [
-        _copy(path, module.down, f"{stem}.{pair.down}.{weight}"),
+        copied(path, module.down, f"{stem}.{pair.down}.{weight}"),
         _up(path, f"{stem}.{pair.up}.{weight}", rows),
     ]
     if module.alpha is not None and alpha_tensor:
-        out.append(_copy(path, module.alpha, f"{stem}.{alpha}"))
+        out.append(copied(path, module.alpha, f"{stem}.{alpha}"))
     return out
 
 
@@ -72,7 +73,7 @@ def output_tensors(adapter: Adapter, rows: RowMap, pruned_config: Mapping[str, o
         if chosen is None or entries[0].begin != 0:
             raise LoraError(f"{adapter.path}: the adapter covers only some rows of {name!r}")
         if to == DIFFUSERS and module.naming.kind != DIFFUSERS:
-            stem, pair = Naming(DIFFUSERS, rules.diffusers.written).stem(name), rules.pairs[0]
+            stem, pair = Naming(DIFFUSERS, rules.diffusers.written).stem(name), rules.diffusers_pair
         else:
             stem, pair = module.naming.stem(name), module.pair
         if to == DIFFUSERS and module.alpha is not None:
@@ -83,7 +84,7 @@ def output_tensors(adapter: Adapter, rows: RowMap, pruned_config: Mapping[str, o
         written = _original(adapter, original_rows, pruned_config, family)
         tensors += written.tensors
         count += written.modules
-    tensors += [_copy(adapter.path, adapter.header.tensors[k], k) for k in adapter.text_keys]
+    tensors += [copied(adapter.path, adapter.header.tensors[k], k) for k in adapter.text_keys]
     return Output(tuple(tensors), count, alphas)
 
 
