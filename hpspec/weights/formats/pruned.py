@@ -50,14 +50,6 @@ def parse_to(text: str) -> str:
     return name
 
 
-def own_layout(path: Path) -> str:
-    """The layout an input is written in when `--to` is not given: its own."""
-    kind = foreign_kind(path)
-    if kind == GGUF:
-        return GGUF
-    return open_any(path).layout if kind else DIFFUSERS
-
-
 def open_any(path: Path) -> Source:
     """A diffusers folder (`open_source`), or a single safetensors file in any known layout."""
     path = Path(path)
