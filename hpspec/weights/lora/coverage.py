@@ -89,23 +89,22 @@ def coverage(
     plan: Plan, path: Path, metadata: Mapping[str, str], fates: Sequence[Fate], apart: Mapping[str, str], text: int
 ) -> Coverage:
     """The shares of modules and update norm each block and the whole adapter keep (norms summed per module)."""
-    import numpy as np
 
     config = peft_config(metadata)
     singular = {s.module: s.singular for s in architecture(plan.target.family).stacks}
     squares: dict[tuple[str, str], list[float]] = {}  # (block, module) -> [norm^2, kept norm^2, any kept]
     dropped: dict[str, set[int]] = {}
-    updates: dict[str, np.ndarray] = {}
+    factors: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for fate in fates:
         m = fate.module
-        if m.stem not in updates:
-            updates[m.stem] = read_array(path, m.up) @ read_array(path, m.down) * _scale(path, m, config)
-        update = updates[m.stem]
+        if m.stem not in factors:
+            factors[m.stem] = _factors(path, m, _scale(path, m, config))
+        up, gram = factors[m.stem]
         where = index_of(plan, fate.full)
         block = f"{singular[where['stack']]}[{where['block']}]" if where else OUTSIDE
         row = squares.setdefault((block, m.stem), [0.0, 0.0, 0.0])
-        row[0] += float(np.sum(update[fate.rows[0] : fate.rows[1]] ** 2))
-        row[1] += sum(float(np.sum(update[lo:hi] ** 2)) for lo, hi in fate.kept)
+        row[0] += _square(up[fate.rows[0] : fate.rows[1]], gram)
+        row[1] += sum(_square(up[lo:hi], gram) for lo, hi in fate.kept)
         row[2] = max(row[2], 1.0 if fate.kept else 0.0)
         if fate.why == "block dropped":
             dropped.setdefault(singular[where["stack"]], set()).add(int(where["block"]))
@@ -116,9 +115,20 @@ def coverage(
             old.modules + 1, old.kept_modules + int(any_kept), old.norm + norm**0.5, old.kept_norm + kept**0.5
         )
     ordered = dict(sorted(blocks.items(), key=_order))
-    total = _sum(list(ordered.values()), len(updates), len({f.module.stem for f in fates if f.kept}))
+    total = _sum(list(ordered.values()), len(factors), len({f.module.stem for f in fates if f.kept}))
     in_order = {k: tuple(sorted(dropped[k])) for k in singular.values() if k in dropped}
     return Coverage(total, ordered, in_order, dict(apart), text)
+
+
+def _factors(path: Path, module: Module, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """B * scale and the Gram matrix A A^T: ||B[rows] A|| without forming B A (rank x rank, not out x in)."""
+    down = read_array(path, module.down)
+    return read_array(path, module.up) * scale, down @ down.T
+
+
+def _square(rows: np.ndarray, gram: np.ndarray) -> float:
+    """||rows A||_F^2 = trace(rows G rows^T) = sum((rows @ G) * rows), G = A A^T."""
+    return max(float(((rows @ gram) * rows).sum()), 0.0)
 
 
 def _sum(shares: Sequence[Share], modules: int, kept: int) -> Share:
