@@ -11,6 +11,7 @@ documented reference names (not hpspec's key maps), and read back by this file's
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -176,7 +177,8 @@ def test_coverage_counts_and_norms(loras: dict[str, Path], tmp_path: Path) -> No
         meta = handle.metadata()
     with safe_open(loras[kind], "pt") as handle:
         assert json.loads(meta["lora_adapter_metadata"]) == json.loads(handle.metadata()["lora_adapter_metadata"])
-    assert len(meta["hpspec_adapter_sha256"]) == 64 and meta["hpspec_plan_sha256"] == plan.sha256
+    assert meta["hpspec_adapter_sha256"] == hashlib.sha256(loras[kind].read_bytes()).hexdigest()
+    assert meta["hpspec_plan_sha256"] == plan.sha256
 
 
 def test_a_lora_for_another_width_names_the_module(loras: dict[str, Path], tmp_path: Path) -> None:

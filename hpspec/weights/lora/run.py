@@ -8,7 +8,6 @@ transformer, `<stem>.apart.safetensors` with those keys unchanged.
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from hpspec.model.formats.lora_rules import lora_rules
 from hpspec.model.graph import ModelGraph
 from hpspec.model.targets import graph_from_path
 from hpspec.plan.plan import Plan
-from hpspec.weights.checkpoint.source import check_fingerprint
+from hpspec.weights.checkpoint.source import check_fingerprint, sha256_file
 from hpspec.weights.checkpoint.tensors import OutTensor
 from hpspec.weights.formats.convert import write_safetensors
 from hpspec.weights.lora.adapter import Adapter, Module, model_shapes, read_adapter
@@ -62,14 +61,6 @@ def pruned_config(plan: Plan, graph: ModelGraph) -> dict[str, Any]:
     return {**dict(graph.config), **plan.config}
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def prepare(plan: Plan, graph: ModelGraph, path: Path, out_dir: Path, to: str = "same") -> Remapped:
     """Read, place and remap one adapter (nothing written yet)."""
     check_fingerprint(plan, graph, graph.source)
@@ -91,7 +82,7 @@ def _provenance(plan: Plan, path: Path) -> dict[str, str]:
         "hpspec_version": __version__,
         "hpspec_plan_sha256": plan.sha256,
         "hpspec_plan_spec": plan.spec.path,
-        "hpspec_adapter_sha256": sha256_of(path),
+        "hpspec_adapter_sha256": sha256_file(path),
     }
 
 
