@@ -43,7 +43,7 @@ FILE = "pytorch_lora_weights.safetensors"
 # dual-attention renumbering, FLUX's two stacks.
 CASES = {
     "sd3": "drop blocks[1], blocks[5], block[2].mlp, block[3].context_norm",
-    "sd35m": "drop blocks[1], blocks[5], block[2].attn2, block[0].context_mlp",
+    "sd35m": "drop blocks[0], blocks[5], block[1].attn2, block[3].context_mlp",  # block 2 (dual) -> 1
     "flux": "drop double_blocks[1], single_blocks[2], double_block[0].context_mlp, single_block[0].mlp",
 }
 
@@ -120,6 +120,10 @@ def test_remapped_diffusers_lora_equals_lora_then_prune(kind: str, loras: dict[s
     out = remapped(kind, spec, lora, tmp_path / "lora")
     got = forward(fused(pruned(kind, spec), out))
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+    if kind == "sd35m":  # old block 2's second attention is block 1's now; old block 1's (dropped part) is gone
+        names = set(load_file(out))
+        assert "transformer.transformer_blocks.1.attn2.to_q.lora_A.weight" in names
+        assert not any(".transformer_blocks.0.attn2." in k for k in names)
     assert not torch.allclose(
         expected, route_a(kind, "drop blocks[1]" if kind != "flux" else "drop double_blocks[1]", lora)
     )
