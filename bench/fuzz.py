@@ -12,6 +12,12 @@
 - Faults: a compile killed (SIGKILL), crashed and out of disk at every fault point
   (hpspec.faults); goal: the complete output or none at the output path, and nothing left behind
   once the next run has swept.
+- Round two (tests/hostile_rounds.py): `check` of one-line specs of 10 KB to 1 MB in their own
+  process (seconds and peak RSS per size; goal: output and memory linear in the input), hostile
+  JSON (a 5,000-digit integer, 10,000 nested arrays) at every JSON input, configs of 10^4+1 to
+  10^9 layers (goal: refused by the sanity bound), concurrent runs (two writers, a --force racing
+  a failing run, a source rewritten mid-copy: --rounds each; goal: racing run refused, outputs
+  lost 0) and hand-edited plans (goal: each refused in one line, nothing written).
 
 Exits 1 when a goal is missed, after printing what missed it. Torch is not needed.
 """
@@ -42,6 +48,7 @@ from tests.hostile_checkpoints import (  # noqa: E402
     leftovers,
     write_checkpoint,
 )
+from tests.hostile_rounds import check_sized, concurrency, hostile_json, huge_count, plan_edits  # noqa: E402
 from tests.hostile_corpus import KINDS, STAGES, Tally, Vocabulary, corpus, load_graphs, run_corpus, seed_specs, watchdog  # noqa: E402
 
 PARSE_GOAL, PLAN_GOAL = 0.30, 0.10
@@ -66,6 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--specs", type=int, default=10_000, help="specs to generate (default 10,000)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rounds", type=int, default=20, help="rounds of each concurrency scenario (default 20)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="hpspec-bench-fuzz-") as directory:
         os.environ["HPSPEC_CACHE_DIR"] = str(Path(directory) / "cache")  # no trace in the user's cache
@@ -75,8 +83,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         checkpoints = Checkpoints()
         corrupt(Path(directory), checkpoints)
         fault(Path(directory), checkpoints)
+        second = round_two(Path(directory) / "round-two", args.rounds)
     print(table(tally, checkpoints, args.seed, specs_s))
-    misses = goals_missed(tally, checkpoints)
+    print(second_table(second))
+    misses = goals_missed(tally, checkpoints) + second_missed(second)
     for miss in misses:
         print(f"MISSED: {miss}")
     return 1 if misses else 0
@@ -113,7 +123,7 @@ def fault(root: Path, found: Checkpoints) -> None:
     assert compile_in_process(spec, good, reference_out).code == 0
     reference = contents(reference_out / "pruned")
     for point in POINTS:
-        for action in ACTIONS:
+        for action in (a for a in ACTIONS if a != "stop"):  # `stop` pauses a run for the concurrency rounds
             out = root / f"fault-{point}-{action}" / "out"
             outcome = inject(point, action, spec, good, out, reference)
             found.fault_runs += 1
@@ -176,6 +186,57 @@ def goals_missed(tally: Tally, found: Checkpoints) -> list[str]:
     if found.fault_expected < found.fault_runs or found.whole_or_none < found.fault_runs:
         misses.append("a fault run did not fail as injected, or left part of an output at the output path")
     misses += [f"left behind: {path}" for path in found.left_behind]
+    return misses
+
+
+# --------------------------------------------------------------------------------------------
+# Round two: sizes, hostile JSON, huge counts, concurrency, hand-edited plans
+
+SIZES = (10_000, 100_000, 1_000_000)
+LAYERS = (10_001, 1_000_000, 1_000_000_000)
+
+
+@dataclass
+class RoundTwo:
+    sizes: list = field(default_factory=list)  # SizeRun per size
+    json_cases: int = 0
+    json_unclear: list[str] = field(default_factory=list)
+    counts: list[tuple[int, float, bool]] = field(default_factory=list)  # layers, seconds, refused by the bound
+    concurrency: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+    plan_cases: int = 0
+    plan_unclear: list[str] = field(default_factory=list)
+
+
+def round_two(root: Path, rounds: int) -> RoundTwo:
+    root.mkdir(parents=True)
+    found = RoundTwo(sizes=[check_sized(root, size) for size in SIZES])
+    found.json_cases, found.json_unclear = hostile_json(root)
+    found.counts = [(layers, *huge_count(root, layers)) for layers in LAYERS]
+    found.concurrency = concurrency(root / "concurrency", rounds)
+    found.plan_cases, found.plan_unclear = plan_edits(root)
+    return found
+
+
+def second_table(found: RoundTwo) -> str:
+    lines = ["", "round two", "  spec size  check, s  peak RSS, MB  output, bytes"]
+    lines += [f"  {r.bytes:>9,}  {r.seconds:>8.2f}  {r.peak_rss_mb:>12.0f}  {r.output_bytes:>13,}" for r in found.sizes]
+    lines.append(f"  hostile JSON cases (inputs x kinds): {found.json_cases}, one clear error: {found.json_cases - len(found.json_unclear)}")
+    lines += [f"  config of {layers:,} layers: {seconds:.2f} s, refused by the bound: {refused}" for layers, seconds, refused in found.counts]
+    for name, (rounds, refused, lost) in found.concurrency.items():
+        lines.append(f"  {name}: {rounds} rounds, racing run refused / change detected {refused}, outputs lost {lost}")
+    lines.append(f"  hand-edited plans: {found.plan_cases}, refused in one line with nothing written: {found.plan_cases - len(found.plan_unclear)}")
+    return "\n".join(lines)
+
+
+def second_missed(found: RoundTwo) -> list[str]:
+    misses = [f"hostile JSON: {line}" for line in found.json_unclear] + [f"hand-edited plan: {line}" for line in found.plan_unclear]
+    misses += [f"{layers:,} layers not refused by the bound" for layers, _, refused in found.counts if not refused]
+    for name, (rounds, refused, lost) in found.concurrency.items():
+        if refused < rounds or lost:
+            misses.append(f"{name}: {rounds - refused} rounds not refused, {lost} outputs lost")
+    large = found.sizes[-1]
+    if large.output_bytes > large.bytes or large.peak_rss_mb > 1024:
+        misses.append(f"a {large.bytes:,}-byte spec: {large.output_bytes:,} bytes of output, {large.peak_rss_mb:.0f} MB peak")
     return misses
 
 

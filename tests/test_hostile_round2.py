@@ -11,11 +11,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -35,8 +32,8 @@ from tests.hostile_checkpoints import (
     write_checkpoint,
     write_raw,
 )
+from tests.hostile_rounds import EDITS, HOSTILE_JSON, JSON_INPUTS, WATCHDOG_S, paused, resume
 
-WATCHDOG_S = 120  # only a stuck run trips it
 ITEMS = 8000  # the reproduction: one line repeating an item 8,000 times (a 40 KB spec)
 
 
@@ -111,52 +108,10 @@ def test_many_different_diagnostics_are_capped(tmp_path: Path, cli) -> None:
 # --------------------------------------------------------------------------------------------
 # Hostile JSON at every JSON input: one `error:` line naming the file
 
-HOSTILE_JSON = {
-    "long-integer": '{"num_layers": ' + "9" * 5000 + "}",
-    "deep-nesting": '{"a": ' + "[" * 10_000 + "]" * 10_000 + "}",  # an object, so that a plan input reads it as JSON
-}
-
-
-def _plan_json(tmp_path: Path, cli) -> Path:
-    spec = tmp_path / "p.hps"
-    spec.write_text("target sd3-medium\ndrop block[3]\n", encoding="utf-8")
-    plan = tmp_path / "plan.json"
-    assert cli("plan", spec, "--format", "json", "-o", plan).code == 0
-    return plan
-
-
-def _header_file(tmp_path: Path, text: str) -> Path:
-    raw = text.encode()
-    path = tmp_path / "m.safetensors"
-    path.write_bytes(len(raw).to_bytes(8, "little") + raw)
-    return path
-
-
-INPUTS: dict[str, Callable[[Path, str, Callable], tuple[list[str], Path]]] = {
-    "config": lambda d, t, cli: (["graph", d], _write(d / "config.json", t)),
-    "safetensors-header": lambda d, t, cli: (["graph", _header_file(d, t)], d / "m.safetensors"),
-    "index": lambda d, t, cli: (["graph", d], _write(d / "diffusion_pytorch_model.safetensors.index.json", t)),
-    "plan": lambda d, t, cli: (["report", _write(d / "hand.json", t), "-o", d / "r.html"], d / "hand.json"),
-    "sensitivity": lambda d, t, cli: (
-        ["suggest", "--target", "sd3-medium", "--sensitivity", _write(d / "s.json", t), "--keep", "0.8"],
-        d / "s.json",
-    ),
-    "eval": lambda d, t, cli: (
-        ["report", _plan_json(d, cli), "--eval", _write(d / "e.json", t), "-o", d / "r.html"],
-        d / "e.json",
-    ),
-}
-
-
-def _write(path: Path, text: str) -> Path:
-    path.write_text(text, encoding="utf-8")
-    return path
-
-
 @pytest.mark.parametrize("kind", sorted(HOSTILE_JSON))
-@pytest.mark.parametrize("where", sorted(INPUTS))
+@pytest.mark.parametrize("where", sorted(JSON_INPUTS))
 def test_hostile_json_is_one_error_line_naming_the_file(tmp_path: Path, cli, where: str, kind: str) -> None:
-    args, named = INPUTS[where](tmp_path, HOSTILE_JSON[kind], cli)
+    args, named = JSON_INPUTS[where](tmp_path, HOSTILE_JSON[kind])
     result = cli(*args)
     assert result.code == 1, result
     _one_error_line(result.err, named)
@@ -197,33 +152,13 @@ def spec_file(tmp_path: Path) -> Path:
     return path
 
 
-def _paused(spec: Path, model: Path, out: Path, point: str, *flags: str) -> subprocess.Popen[str]:
-    """A compile in its own process, stopped (SIGSTOP, alive) at fault `point`."""
-    env = {**os.environ, FAULT_ENV: f"{point}:stop"}
-    command = [sys.executable, "-m", "hpspec.cli", "compile", str(spec), "--model", str(model), "--out", str(out), *flags]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
-    stat = Path(f"/proc/{process.pid}/stat")
-    deadline = time.monotonic() + WATCHDOG_S  # a watchdog only: the run stops at its point long before
-    while process.poll() is None and stat.read_text().split(")")[-1].split()[0] != "T":
-        assert time.monotonic() < deadline, "the paused run never reached its fault point"
-        time.sleep(0.01)
-    assert process.poll() is None, process.communicate()
-    return process
-
-
-def _resume(process: subprocess.Popen[str]) -> tuple[int, str]:
-    process.send_signal(signal.SIGCONT)
-    _, err = process.communicate(timeout=WATCHDOG_S)
-    return process.returncode, err
-
-
 def test_two_writers_into_one_fresh_out_the_second_is_refused(tmp_path: Path, tiny: Path, spec_file: Path) -> None:
     out = tmp_path / "out"
-    first = _paused(spec_file, tiny, out, "stage.before_rename")
+    first = paused(spec_file, tiny, out, "stage.before_rename")
     second = compile_in_process(spec_file, tiny, out)
     assert second.code == 1 and f"another hpspec (pid {first.pid}) is writing {out / 'pruned'}" in second.err
     _one_error_line(second.err, out / "pruned")
-    code, err = _resume(first)
+    code, err = resume(first)
     assert code == 0, err
     assert contents(out / "pruned") == contents_of_fresh(tmp_path, spec_file, tiny)
 
@@ -239,10 +174,10 @@ def test_force_racing_a_failing_run_keeps_the_output(tmp_path: Path, tiny: Path,
     out = tmp_path / "out"
     assert compile_in_process(spec_file, tiny, out).code == 0
     before = contents(out / "pruned")
-    forced = _paused(spec_file, tiny, out, "stage.after_set_aside", "--force")  # the old output is moved aside
+    forced = paused(spec_file, tiny, out, "stage.after_set_aside", "--force")  # the old output is moved aside
     failing = compile_in_process(spec_file, tiny, out)  # it used to sweep the set-aside output and the temporary
     assert failing.code == 1 and "another hpspec" in failing.err
-    code, err = _resume(forced)
+    code, err = resume(forced)
     assert code == 0, err
     assert contents(out / "pruned") == before and leftovers(out / "pruned") == [out / "pruned"]
 
@@ -251,7 +186,7 @@ def test_a_killed_force_run_gets_its_old_output_back(tmp_path: Path, tiny: Path,
     out = tmp_path / "out"
     assert compile_in_process(spec_file, tiny, out).code == 0
     before = contents(out / "pruned")
-    forced = _paused(spec_file, tiny, out, "stage.after_set_aside", "--force")
+    forced = paused(spec_file, tiny, out, "stage.after_set_aside", "--force")
     forced.kill()
     forced.communicate()
     assert not (out / "pruned").exists()
@@ -265,10 +200,10 @@ def test_a_source_shard_rewritten_during_the_copy_is_refused(tmp_path: Path, tin
     other = write_checkpoint(tmp_path / "other", seed=1)  # same shapes, other values
     shard = sorted(model.glob("*.safetensors"))[0]
     out = tmp_path / "out"
-    run = _paused(spec_file, model, out, "prune.after_shard")
+    run = paused(spec_file, model, out, "prune.after_shard")
     with shard.open("r+b") as handle:  # in place: same inode, same size, other bytes
         handle.write(sorted(other.glob("*.safetensors"))[0].read_bytes())
-    code, err = _resume(run)
+    code, err = resume(run)
     assert code == 1 and "changed while hpspec was reading it" in err, err
     _one_error_line(err, shard)
     assert leftovers(out / "pruned") == []
@@ -355,48 +290,6 @@ def test_the_printed_continue_command_is_shell_quoted(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------------------------
 # Hand-edited plans: validated against themselves and the model before anything is written
-
-
-def _swap(plan: dict) -> None:
-    index = plan["stacks"]["blocks"]["index_map"]
-    index["0"], index["2"] = index["2"], index["0"]
-
-
-def _gap(plan: dict) -> None:
-    plan["stacks"]["blocks"]["index_map"]["3"] = 3  # kept blocks 0, 2, 3 must become 0, 1, 2
-
-
-def _minus_one(plan: dict) -> None:
-    plan["stacks"]["blocks"]["index_map"]["2"] = -1
-
-
-def _fake_part(word: str, module: str) -> Callable[[dict], None]:
-    def edit(plan: dict) -> None:  # `params` fixed to match, so that the counts alone cannot tell
-        params = {"transformer_blocks": 40_000, "pos_embed": 1_000}[word]
-        plan["ops"].append({"kind": "drop_part", "stack": "blocks", "block": 2, "part": word, "modules": [module],
-                            "params": params, "reason": "spec", "new_index": None})  # fmt: skip
-        plan["params"]["after_prune"] -= params
-
-    return edit
-
-
-def _config_override(plan: dict) -> None:
-    plan["config"]["in_channels"] = 8
-
-
-def _layer_count(plan: dict) -> None:
-    plan["config"]["num_layers"] = 4
-
-
-EDITS = {
-    "index-swap": _swap,
-    "index-gap": _gap,
-    "index-minus-one": _minus_one,
-    "part-transformer_blocks": _fake_part("transformer_blocks", "transformer_blocks"),
-    "part-pos_embed": _fake_part("pos_embed", "pos_embed"),
-    "config-override": _config_override,
-    "config-layer-count": _layer_count,
-}
 
 
 @pytest.mark.parametrize("edit", sorted(EDITS))

@@ -22,7 +22,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 
 from hpspec.core.diagnostics import DiagnosticSink, Span, did_you_mean, one_of
 from hpspec.core.errors import SpecError
-from hpspec.core.io import cache_dir, read_text_input
+from hpspec.core.io import cache_dir, gc_paused, read_text_input
 from hpspec.lang import syntax as s
 
 STATEMENTS = ("target", "drop", "preserve", "distill", "quantize")
@@ -32,9 +32,7 @@ Node = Union["Tree[Token]", Token]  # a child in lark's tree: a rule's subtree o
 _GRAMMAR_FILE = "hpspec.lark"
 MAX_NUMBER_CHARS = 100  # Python refuses to convert integers past 4300 digits; no real index or count is near 100
 _UNESCAPE = re.compile(r"\\(.)")
-_BARE_CR = re.compile(r"\r(?!\n)")
 
-# How the grammar's terminals read in an error message.
 _TERMINAL_WORDS = {
     "LSQB": "`[`",
     "RSQB": "`]`",
@@ -97,40 +95,38 @@ def parse(source: str, path: str = "<spec>", recover: bool = False) -> s.Spec:
     `recover`, returns the statements that parsed and carries the syntax errors in the Spec."""
     sink = DiagnosticSink(path)
     if _refuse_bare_carriage_return(source, sink):  # the whole file would be one line: nothing else is meaningful
+        if recover:
+            return s.Spec(path, source, (), (), sink.sorted())
         raise SpecError(sink.sorted(), source)
     statements: list[s.Statement] = []
     comments: list[s.Comment] = []
-    for chunk in _statement_chunks(source):
-        comments.extend(chunk.comments)
-        if not chunk.text.strip():
-            continue
-        statement = _parse_chunk(chunk, sink)
-        if statement is not None:
-            statements.append(statement)
+    with gc_paused():  # linear time in the input's size (see gc_paused)
+        for chunk in _statement_chunks(source):
+            comments.extend(chunk.comments)
+            statement = _parse_chunk(chunk, sink) if chunk.text.strip() else None
+            if statement is not None:
+                statements.append(statement)
     if sink.has_errors and not recover:
         raise SpecError(sink.sorted(), source)
     return s.Spec(path, source, tuple(statements), tuple(comments), sink.sorted())
 
 
 def _refuse_bare_carriage_return(source: str, sink: DiagnosticSink) -> bool:
-    """CR-only line endings (classic Mac OS) said as such, not as an invisible unexpected character."""
-    bare = _BARE_CR.search(source)
-    if bare is None:
-        return False
-    at = bare.start()
-    line_start = source.rfind("\n", 0, at) + 1
-    line, column = source.count("\n", 0, at) + 1, at - line_start + 1
-    sink.error(
-        "a carriage return without a newline: this file has CR-only line endings",
-        Span(line, column, line, column + 1, at, at + 1),
-        help="save it with LF (or CRLF) line endings",
-    )
-    return True
+    """CR-only line endings (a CR and no LF anywhere) said as such, not as an invisible unexpected character."""
+    if _is_cr_only(source):
+        at = source.index("\r")  # on line 1: there is no LF
+        message = "a carriage return without a newline: this file has CR-only line endings"
+        sink.error(message, Span(1, at + 1, 1, at + 2, at, at + 1), help="save it with LF")
+    return _is_cr_only(source)
+
+
+def _is_cr_only(source: str) -> bool:
+    return "\r" in source and "\n" not in source
 
 
 def parse_file(path: str | Path, recover: bool = False) -> s.Spec:
     text = read_text_input(Path(path), what="spec")
-    return parse(text, str(path), recover)
+    return parse(text, str(path), recover and not _is_cr_only(text))  # CR-only: refused, even to recover
 
 
 # --------------------------------------------------------------------------------------------
