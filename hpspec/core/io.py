@@ -165,9 +165,16 @@ def atomic_file(out: Path, force: bool = False) -> Iterator[Path]:
     """A temporary sibling to write; renamed onto `out` when the block ends, removed on any error.
 
     An existing `out` needs `force`. The temporary file gets the mode a new file would (not
-    mkstemp's 0600); an OSError (a full disk) names `out`, not the temporary file."""
+    mkstemp's 0600); an OSError (a full disk) names `out`, not the temporary file. Held under
+    `out`'s lock, as `atomic_directory` is."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    with output_lock(out):
+        with _atomic_file(out, force) as tmp:
+            yield tmp
+
+
+@contextmanager
+def _atomic_file(out: Path, force: bool) -> Iterator[Path]:
     sweep_stale_siblings(out)
     if out.exists() and not force:
         raise HpspecError(f"{out}: already exists (use --force to replace it)")

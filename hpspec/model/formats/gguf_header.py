@@ -7,13 +7,13 @@ torch-free commands that pass through here (`hpspec check` on a GGUF target) pay
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hpspec.core.errors import LayoutError
+from hpspec.core.io import parse_json
 from hpspec.model.formats.infer import METADATA_CONFIG, Inferred, diffusers_shapes, infer_config, with_hints
 from hpspec.model.formats.keymap import block_indices
 from hpspec.model.formats.rules import key_map, key_map_of_family, layouts
@@ -83,7 +83,11 @@ def gguf_config(found: GGUFFile) -> Inferred:
     counts = block_indices(rule, list(shapes))
     inferred = infer_config(found.arch, diffusers_shapes(rule, shapes, counts), counts, str(found.path))
     written = found.fields.get(METADATA_CONFIG)
-    return with_hints(inferred, json.loads(written), str(found.path)) if isinstance(written, str) else inferred
+    return (
+        with_hints(inferred, parse_json(written, str(found.path), METADATA_CONFIG, LayoutError), str(found.path))
+        if isinstance(written, str)
+        else inferred
+    )
 
 
 def _field_value(field: Any) -> Any:

@@ -89,7 +89,7 @@ def open_model(path: Path, hints: Mapping[str, Any] | None = None) -> Model:
 def _json_object(text: str) -> dict[str, Any] | None:
     try:
         value = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, an integer past Python's digit limit, nesting too deep
         return None
     return value if isinstance(value, dict) else None
 

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from hpspec.core.errors import LayoutError
-from hpspec.core.io import dumps_json
+from hpspec.core.io import dumps_json, parse_json
 from hpspec.core.paths import CONFIG_NAME, GGUF_SUFFIX, PLAN_NAME, SAFETENSORS_SUFFIX, SINGLE_FILE_NAME
 from hpspec.model.formats.detect import DIFFUSERS
 from hpspec.model.formats.gguf_header import read_gguf
@@ -132,7 +132,8 @@ def prune_gguf(plan: Plan, path: Path, out: Path, to: str) -> Written:
     rule = key_map_of_family(found.arch)
     counts = block_indices(rule, list(found.tensors))
     kept = _kept_numbers(plan, counts)
-    config = {**json.loads(found.fields.get(METADATA_CONFIG) or "{}"), **plan.config}
+    written = parse_json(found.fields.get(METADATA_CONFIG) or "{}", str(found.path), METADATA_CONFIG, LayoutError)
+    config = {**written, **plan.config}
     hashes = {path.name: source_sha256(path)}
     strings = {**provenance_metadata(plan, hashes), METADATA_CONFIG: json.dumps(config, sort_keys=True)}
     name = SINGLE_FILE_NAME + GGUF_SUFFIX

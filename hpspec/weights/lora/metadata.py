@@ -27,7 +27,7 @@ def peft_config(metadata: Mapping[str, str]) -> dict[str, Any]:
     """peft's config of the transformer from a file's metadata, without the component prefix; {} if none."""
     try:
         config = json.loads(metadata.get(PEFT_METADATA, "{}"))
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # not JSON, or JSON no reader accepts
         return {}
     if not isinstance(config, dict):
         return {}
@@ -52,7 +52,7 @@ def renamed_metadata(metadata: Mapping[str, str], plan: Plan) -> dict[str, str]:
         return dict(metadata)
     try:
         config = json.loads(metadata[PEFT_METADATA])
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # not JSON, or JSON no reader accepts
         return dict(metadata)
     if not isinstance(config, dict):
         return dict(metadata)
