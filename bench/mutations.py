@@ -122,8 +122,18 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/model/test_formats.py", "tests/weights/test_formats.py::test_original_layout_matches_diffusers_converter_and_loader"),
         "the SD3 single-file key map loses one tensor (the pooled-text embedder's second Linear)",
     ),
-    # To add once it exists (issue 21): a dropped LoRA key (LoRA export), with the tests that check
-    # the exported adapter key by key.
+    Mutation(
+        "LoRA on a dropped part", "hpspec/weights/lora/remap.py",
+        "if new is None or under(full, removed):", "if new is None:",
+        ("tests/weights/test_lora.py",),
+        "an adapter on a dropped part is kept and renamed into the pruned model",
+    ),
+    Mutation(
+        "LoRA last-block rows", "hpspec/weights/lora/remap.py",
+        "for k in rule.keeps]", "for k in reversed(rule.keeps)]",
+        ("tests/weights/test_lora.py",),
+        "the converted last block's modulation adapter keeps its rows in the wrong order",
+    ),
 )
 
 
