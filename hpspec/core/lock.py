@@ -79,8 +79,3 @@ def _holder(fd: int) -> str:
     except (OSError, ValueError):
         return "a process"
     return f"pid {pid}"
-
-
-def held(out: Path) -> bool:
-    """Whether this process holds `out`'s lock."""
-    return os.path.abspath(lock_path(Path(out))) in _HELD

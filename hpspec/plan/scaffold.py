@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from hpspec.core.diagnostics import lines_of
 from hpspec.lang.fmt import quote
 from hpspec.model.graph import ModelGraph
 from hpspec.model.targets import target_names
@@ -81,7 +82,7 @@ def _quantize_exception(graph: ModelGraph) -> str:
 
 def _inventory(graph: ModelGraph) -> list[str]:
     """`hpspec graph TARGET`, commented: every block with its parameters, by part."""
-    listing = graph_text(graph).rstrip("\n").splitlines()
+    listing = lines_of(graph_text(graph).rstrip("\n"))
     return ["# Every block, with its parameters by part (`hpspec graph`):", "#"] + [
         f"# {line}".rstrip() for line in listing
     ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 
-from hpspec.core.diagnostics import Diagnostic, render_all, shown
+from hpspec.core.diagnostics import Diagnostic, lines_of, render_all, shown
 from hpspec.model.graph import ModelGraph
 from hpspec.plan.plan import Plan
 
@@ -152,7 +152,7 @@ def _ranges(indices: Iterable[int]) -> str:
 
 
 def _indent(text: str, by: str = "  ") -> str:
-    return "\n".join(by + line for line in text.splitlines())
+    return "\n".join(by + line for line in lines_of(text))
 
 
 def diagnostics_text(diagnostics: Sequence[Diagnostic], source: str | None) -> str:
