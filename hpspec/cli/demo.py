@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 DEFAULT_OUT = "hpspec-demo"
 DEFAULT_KEEP = 0.75
 METHOD_ORDER = ("hierarchical", "koala", "bksdm")
-QUANTIZE_SCHEMES = ("nf4", "int4")
+DEMO_SCHEMES = ("nf4", "int4")
 COLUMNS = ("method", "params kept", "weights", "prompt accuracy", "quality", "degradation")
 
 
@@ -197,7 +197,7 @@ def _repaired_rows(run: DemoRun, spec: Path, pruned: Path, steps: int, say: Call
         distill_demo(pruned, distilled, steps=steps, weight="sensitivity", mode="inverse", table=run.table, force=True)
     _stage_report(distilled, run.table)
     rows = [run.evaluate("+ distill", spec, distilled)]
-    for scheme in QUANTIZE_SCHEMES:
+    for scheme in DEMO_SCHEMES:
         say(f"   quantize: {scheme}")
         rows.append(_quantized_row(run, spec, distilled, scheme, say))
     return rows

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from hpspec.core.version import __version__
 from hpspec.model.arch import class_name_of
 from hpspec.plan.plan import Plan
+from hpspec.plan.schemes import QUANTIZE_SCHEMES
 from hpspec.plan.summary import human_bytes, plan_text
 
 if TYPE_CHECKING:
@@ -135,7 +136,7 @@ def quantized_card(plan: Plan, source: Path, written: Quantized) -> str:
     assert plan.quantize is not None
     q = plan.quantize
     family = family_class(plan)
-    if written.diffusers_readable and q.scheme == "int4":
+    if written.diffusers_readable and QUANTIZE_SCHEMES[q.scheme].backend == "optimum-quanto":
         plain = f"Plain diffusers reads it too (`{family}.from_pretrained(DIR)`, optimum-quanto installed)."
     elif written.diffusers_readable:
         plain = (

@@ -144,9 +144,10 @@ def check_layout(state: Mapping[str, torch.Tensor], layout: Sequence[LayoutTenso
 def quantization_config(quantize: QuantizePlan, skipped: Sequence[str]) -> dict[str, Any]:
     """The `quantization_config` diffusers writes for the same settings (its `to_dict()`)."""
     skip = list(skipped) or None
-    if quantize.scheme == "int4":
+    layout = QUANTIZE_SCHEMES[quantize.scheme].layout
+    if layout == "quanto_int4":
         return {"quant_method": "quanto", "weights_dtype": "int4", "modules_to_not_convert": skip}
-    four_bit = quantize.scheme != "int8"
+    four_bit = layout == "bnb_4bit"
     return {
         "_load_in_4bit": four_bit,
         "_load_in_8bit": not four_bit,
@@ -171,7 +172,9 @@ def diffusers_skips(scheme: str, paths: Sequence[str], skipped: Sequence[str]) -
     found = set()
     for path in paths:
         own = path.rpartition(".")[2]
-        by_path = scheme != "int4" and any(path == key or key + "." in path for key in names)
+        by_path = QUANTIZE_SCHEMES[scheme].backend == "bitsandbytes" and any(
+            path == key or key + "." in path for key in names
+        )
         if own in names or by_path:
             found.add(path)
     return found
