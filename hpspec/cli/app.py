@@ -19,10 +19,12 @@ from hpspec.cli.groups import registrars
 from hpspec.cli.output import write_output
 from hpspec.core.diagnostics import Diagnostic
 from hpspec.core.errors import HpspecError, SpecError, UsageError
+from hpspec.core.io import gc_paused
 from hpspec.core.version import __version__
 from hpspec.model.targets import resolve_target
 from hpspec.plan import front
 from hpspec.plan.compile import compile_plan
+from hpspec.plan.memory import PRECISIONS, STRATEGIES, memory_report
 from hpspec.plan.summary import diagnostics_github, diagnostics_json, diagnostics_text, graph_text, plan_text
 
 Handler = Callable[[argparse.Namespace], int]
@@ -97,6 +99,11 @@ def _register_core(commands: argparse._SubParsersAction) -> None:
     plan.add_argument("--target")
     plan.add_argument("--format", choices=("text", "json"), default="text")
     plan.add_argument("-o", "--output", help="write the plan here (atomically) instead of stdout")
+    plan.add_argument("--train-gpus", type=int, metavar="N", help="also print the distill stage's memory per GPU")
+    plan.add_argument("--strategy", choices=STRATEGIES, default="ddp", help="with --train-gpus (default: ddp)")
+    plan.add_argument("--batch", type=int, metavar="B", help="with --train-gpus: samples per GPU (default: the plan's)")
+    plan.add_argument("--size", type=int, metavar="S", help="with --train-gpus: image side in pixels")
+    plan.add_argument("--precision", choices=tuple(PRECISIONS), default="bf16", help="with --train-gpus")
     plan.set_defaults(handler=cmd_plan)
 
     graph = commands.add_parser("graph", help="list a target's blocks and parts with their parameter counts")
@@ -117,6 +124,11 @@ def check_file(path: str, target: str | None):
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    with gc_paused():  # linear in the specs' size (see gc_paused)
+        return _check_files(args)
+
+
+def _check_files(args: argparse.Namespace) -> int:
     results: list[tuple[str, Sequence[Diagnostic], str | None]] = []
     failed = False
     for path in args.files:
@@ -151,7 +163,8 @@ def _tally(errors: int, warnings: int) -> str:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    checked, diagnostics, source, error = check_file(args.file, args.target)
+    with gc_paused():  # linear in the spec's size (see gc_paused)
+        checked, diagnostics, source, error = check_file(args.file, args.target)
     if error is not None:
         raise HpspecError(error)
     if checked is None:
@@ -159,7 +172,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if diagnostics:
         sys.stderr.write(diagnostics_text(diagnostics, source))
     plan = compile_plan(checked)
-    write_output(plan.to_json() if args.format == "json" else plan_text(plan), args.output)
+    text = plan.to_json() if args.format == "json" else plan_text(plan)
+    if args.train_gpus is not None and args.format == "text":
+        memory = memory_report(
+            plan, checked.graph, args.train_gpus, args.strategy, args.batch, args.size, args.precision
+        )
+        text += "\n" + memory
+    write_output(text, args.output)
     return 0
 
 
