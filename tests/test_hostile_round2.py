@@ -343,3 +343,12 @@ def test_a_stray_zero_sized_tensor_is_refused_by_check_as_by_compile(tmp_path: P
     compiled = compile_in_process(spec_file, model, tmp_path / "out")
     assert checked.code == compiled.code == 1
     assert "'stray'" in checked.out and "'stray'" in compiled.err
+
+
+def test_a_refused_stage_leaves_no_directory_it_created(tmp_path: Path, tiny: Path, spec_file: Path, cli) -> None:
+    other = write_checkpoint(tmp_path / "six", config={**TINY_SD3, "num_layers": 6})
+    plan = tmp_path / "plan.json"
+    assert cli("plan", spec_file, "--target", tiny, "--format", "json", "-o", plan).code == 0
+    result = cli("prune", plan, "--model", other, "--out", tmp_path / "new" / "deeper" / "out")
+    assert result.code == 1 and "is not the model the plan" in result.err
+    assert not (tmp_path / "new").exists()  # the lock's parent directories went with it

@@ -39,7 +39,7 @@ def output_lock(out: Path) -> Iterator[None]:
         finally:
             _HELD[key] -= 1
         return
-    out.parent.mkdir(parents=True, exist_ok=True)
+    created = _make_parents(out.parent)
     fd = _acquire(path, out)
     _HELD[key] = 1
     try:
@@ -48,6 +48,22 @@ def output_lock(out: Path) -> Iterator[None]:
         del _HELD[key]
         path.unlink(missing_ok=True)  # still ours: whoever opened it since waits on this very file
         os.close(fd)
+        for directory in created:  # a run that wrote nothing leaves no directory behind either
+            try:
+                directory.rmdir()
+            except OSError:
+                break
+
+
+def _make_parents(directory: Path) -> list[Path]:
+    """mkdir -p, returning the directories it created, deepest first."""
+    missing = []
+    while not directory.exists() and directory != directory.parent:
+        missing.append(directory)
+        directory = directory.parent
+    for each in reversed(missing):
+        each.mkdir(exist_ok=True)
+    return missing
 
 
 def _acquire(path: Path, out: Path) -> int:
