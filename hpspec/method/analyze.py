@@ -1,7 +1,7 @@
 """analyze: measure what removing each block (and each part) costs -> a sensitivity table.
 
-Each entry removes one block or one part through the real pipeline (a one-line spec, checked,
-planned and applied to a copy of the model), generates the fixed prompt set for every seed, and
+Each entry removes one block or one part through the real pipeline (a one-line spec, checked and
+planned, its modules swapped IN PLACE for their stand-ins and put back afterwards), generates the fixed prompt set for every seed, and
 scores the images. The entry's score is the mean of the scorer's metrics (all in [0, 1], higher
 is better); each metric is kept beside it. In the same pass over the unpruned model, forward hooks
 record each block's input-output cosine similarity on the image stream (KOALA, ShortGPT).
@@ -17,10 +17,12 @@ import copy
 import json
 import os
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hpspec.core.errors import PlanError
 from hpspec.core.io import write_text_atomic
 from hpspec.lang.parse import parse
 from hpspec.method.evaluate import Generator, Scorer, evaluate
@@ -28,6 +30,7 @@ from hpspec.method.sensitivity import Cosine, Entry, ScorerInfo, SensitivityTabl
 from hpspec.model.graph import ModelGraph, graph_from_module
 from hpspec.plan.check import check
 from hpspec.plan.compile import compile_plan
+from hpspec.plan.plan import Plan
 
 if TYPE_CHECKING:
     import torch
@@ -81,12 +84,60 @@ def removals(graph: ModelGraph, parts: bool) -> list[Removal]:
     return items
 
 
-def remove(transformer: nn.Module, graph: ModelGraph, removal: Removal) -> nn.Module:
-    """A copy of the transformer with one block or part removed, through spec -> plan -> apply."""
-    from hpspec.weights.prune import apply  # torch
+def removal_plan(graph: ModelGraph, removal: Removal) -> Plan:
+    """The plan of one removal's one-line spec: what `hpspec compile` would build from it."""
+    return compile_plan(check(parse(removal.spec_line() + "\n", f"<analyze {removal.key}>"), graph))
 
-    checked = check(parse(removal.spec_line() + "\n", f"<analyze {removal.key}>"), graph)
-    return apply(compile_plan(checked), copy.deepcopy(transformer))
+
+@contextmanager
+def swapped(transformer: nn.Module, plan: Plan) -> Iterator[nn.Module]:
+    """The transformer pruned IN PLACE as `plan` says, every module put back on exit (also on an error).
+
+    Dropped parts become their stand-ins (`weights.surgery`), dropped blocks leave the block list,
+    and the last-block conversion works on a copy of that one block; the config rewrite is undone
+    too. No copy of the transformer: peak memory is one model (and one block).
+    """
+    from torch import nn  # torch
+
+    from hpspec.weights.checkpoint.layout import dropped_part_modules
+    from hpspec.weights.surgery import convert_to_context_pre_only, parent_of, replace_part
+
+    saved: list[tuple[nn.Module, str, nn.Module]] = []  # (parent, attribute, the original), in order
+    config = getattr(transformer, "_internal_dict", None)  # diffusers' config, which register_to_config replaces
+
+    def put(path: str, module: nn.Module) -> None:
+        parent, name = parent_of(transformer, path)
+        saved.append((parent, name, getattr(parent, name)))
+        setattr(parent, name, module)
+
+    try:
+        for op in plan.ops:
+            if op.kind == "convert_last_block":
+                path = f"{plan.stacks[op.stack].module}.{op.block}"
+                block = copy.deepcopy(transformer.get_submodule(path))
+                convert_to_context_pre_only(block, plan.target.family)
+                put(path, block)
+        for path in dropped_part_modules(plan):
+            replaced = replace_part(transformer, path)
+            if replaced is not None:
+                saved.append(replaced)
+        for stack in plan.stacks.values():
+            if stack.dropped:
+                blocks = transformer.get_submodule(stack.module)
+                put(stack.module, nn.ModuleList(b for i, b in enumerate(blocks) if i not in stack.dropped))
+        if plan.config:
+            transformer.register_to_config(**plan.config)  # type: ignore[operator]  # a diffusers ModelMixin
+        count = sum(p.numel() for p in transformer.parameters())
+        if count != plan.params.after_prune:
+            raise PlanError(
+                f"analyze: the swapped model holds {count} parameters, the plan says {plan.params.after_prune}"
+            )
+        yield transformer
+    finally:
+        for parent, name, original in reversed(saved):
+            setattr(parent, name, original)
+        if config is not None:
+            transformer._internal_dict = config
 
 
 def score_of(metrics: dict[str, float]) -> float:
@@ -122,10 +173,8 @@ def analyze(
         done[full_key] = {"metrics": metrics, "cosine": cosines()}
     mine = [r for i, r in enumerate(todo) if i % world == rank and r.key not in done]
     for removal in _progress(mine, progress, rank):
-        pruned = remove(subject.transformer, graph, removal)
-        metrics = measure(
-            Subject(subject.name, pruned, subject.generator_for, subject.scorer, subject.scorer_name), settings
-        )
+        with swapped(subject.transformer, removal_plan(graph, removal)):
+            metrics = measure(subject, settings)
         _append(partial, digest, removal.key, {"metrics": metrics})
         done[removal.key] = {"metrics": metrics}
     barrier()

@@ -101,15 +101,20 @@ def parent_of(model: nn.Module, path: str) -> tuple[nn.Module, str]:
         raise PlanError(f"the plan names `{path}`, which this model does not have") from None
 
 
-def replace_part(model: nn.Module, path: str) -> None:
-    """Swap the module a part drop names for its stand-in (an adaptive norm's `.linear`: the norm)."""
+def replace_part(model: nn.Module, path: str) -> tuple[nn.Module, str, nn.Module] | None:
+    """Swap the module a part drop names for its stand-in (an adaptive norm's `.linear`: the norm).
+
+    Returns (parent, attribute, the module replaced), for a caller that puts it back; None when
+    there was nothing to replace.
+    """
     if path.endswith(".linear"):
         path = path.removesuffix(".linear")
     parent, name = parent_of(model, path)
     module = getattr(parent, name, None)
     if module is None:  # already gone (a context-pre-only block has no ff_context)
-        return
+        return None
     setattr(parent, name, stand_in(name, module))
+    return parent, name, module
 
 
 def set_module(model: nn.Module, path: str, module: nn.Module) -> None:

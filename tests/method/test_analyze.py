@@ -10,11 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from hpspec.method.analyze import Settings, analyze, demo_subject
 from hpspec.demo import default_prompts
+from hpspec.method.analyze import Settings, analyze, demo_subject
 from hpspec.method.evaluate import evaluate
 from hpspec.method.sensitivity import load_table, settings_hash
-
 from tests.conftest import REPO
 
 PROMPTS = default_prompts()[::4]  # one prompt per digit
@@ -133,7 +132,18 @@ def test_eval_of_a_compiled_model_against_the_original(cli, tmp_path: Path, one_
     assert cli("compile", spec, "--model", "demo", "--out", tmp_path / "out").code == 0
     prompts = tmp_path / "p.txt"
     prompts.write_text("\n".join(PROMPTS) + "\n")
-    result = cli("eval", "--model", tmp_path / "out/pruned", "--reference", "demo", "--prompts", prompts, "--seeds", "1", "--json")
+    result = cli(
+        "eval",
+        "--model",
+        tmp_path / "out/pruned",
+        "--reference",
+        "demo",
+        "--prompts",
+        prompts,
+        "--seeds",
+        "1",
+        "--json",
+    )
     assert result.code == 0, result.err
     data = json.loads(result.out)
     plan = json.loads((tmp_path / "out/pruned/plan.json").read_text())
@@ -157,4 +167,105 @@ def test_demo_runs_every_method_at_the_same_budget(tmp_path: Path, one_thread) -
     assert by_name["+ distill + nf4"].weight_bytes * 5 < by_name["+ distill"].weight_bytes
     assert (tmp_path / "hierarchical" / "distilled" / "scales.json").is_file()  # SGDistill ran
     text = table_text(rows)
-    assert text.splitlines()[0].split() == ["method", "params", "kept", "weights", "prompt", "accuracy", "quality", "degradation"]
+    assert text.splitlines()[0].split() == [
+        "method",
+        "params",
+        "kept",
+        "weights",
+        "prompt",
+        "accuracy",
+        "quality",
+        "degradation",
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# In-place swap: no copy of the transformer, every module back after every entry
+
+
+def _modules(transformer) -> list[tuple[str, int]]:
+    return [(name, id(module)) for name, module in transformer.named_modules()]
+
+
+def test_swap_puts_every_module_back_after_every_entry(subject) -> None:
+    from hpspec.method.analyze import removal_plan, removals, swapped
+    from hpspec.model.graph import graph_from_module
+    from tests.tiny_models import same_tensors, state
+
+    demo, _ = subject
+    transformer = demo.transformer
+    graph = graph_from_module(transformer, "demo")
+    before, modules, config = state(transformer), _modules(transformer), dict(transformer.config)
+    full = sum(p.numel() for p in transformer.parameters())
+    todo = removals(graph, parts=True)
+    assert len(todo) == 12 + sum(len(b.words) for b in graph.stacks[0].blocks)
+    for removal in todo:
+        plan = removal_plan(graph, removal)
+        with swapped(transformer, plan) as pruned:
+            assert pruned is transformer  # no copy
+            assert sum(p.numel() for p in pruned.parameters()) == plan.params.after_prune < full
+        assert _modules(transformer) == modules, removal.key
+        assert same_tensors(state(transformer), before), removal.key
+    assert dict(transformer.config) == config
+    last = removal_plan(graph, todo[-5])  # blocks[11]: the new last block is converted (on a copy of it)
+    assert any(op.kind == "convert_last_block" for op in last.ops)
+    with pytest.raises(RuntimeError, match="inside"):
+        with swapped(transformer, last):
+            raise RuntimeError("inside")
+    assert _modules(transformer) == modules and same_tensors(state(transformer), before)
+    assert dict(transformer.config) == config
+
+
+def test_an_entry_that_raises_restores_the_transformer(subject, tmp_path: Path) -> None:
+    from tests.tiny_models import same_tensors, state
+
+    demo, knobs = subject
+    before, modules = state(demo.transformer), _modules(demo.transformer)
+    calls: list[object] = []
+
+    def generator_for(module):
+        calls.append(module)
+        if len(calls) == 3:  # the second removal
+            raise RuntimeError("generation failed")
+        return demo.generator_for(module)
+
+    broken = type(demo)(demo.name, demo.transformer, generator_for, demo.scorer, demo.scorer_name)
+    with pytest.raises(RuntimeError, match="generation failed"):
+        analyze(broken, Settings(PROMPTS[:2], [0], False, knobs), tmp_path / "t.json", progress=False)
+    assert all(module is demo.transformer for module in calls)
+    assert _modules(demo.transformer) == modules and same_tensors(state(demo.transformer), before)
+
+
+def test_a_measured_part_equals_the_model_compile_builds(subject, tmp_path: Path) -> None:
+    """Entries measured in place equal `hpspec.apply` of the same one-line spec on a copy (same seeds)."""
+    import copy
+
+    from hpspec.lang.parse import parse
+    from hpspec.method.analyze import removals
+    from hpspec.model.graph import graph_from_module
+    from hpspec.plan.check import check
+    from hpspec.plan.compile import compile_plan
+    from hpspec.weights.prune import apply
+
+    demo, knobs = subject
+    prompts = PROMPTS[:3]
+    settings = Settings(prompts, [0], True, knobs)
+    graph = graph_from_module(demo.transformer, "demo")
+    measured = {"blocks[4].mlp": "drop block[4].mlp", "blocks[11]": "drop block[11]",
+                "blocks[2].context_norm": "drop block[2].context_norm"}  # fmt: skip
+    out = tmp_path / "t.json"
+    digest = settings_hash(settings.as_dict())
+    sentinel = {"metrics": {"prompt_accuracy": 0.5, "quality": 0.5}}
+    lines = [{"settings_hash": digest, "key": "__full__", "value": {**sentinel, "cosine": []}}]
+    lines += [{"settings_hash": digest, "key": r.key, "value": sentinel} for r in removals(graph, True)]
+    lines = [line for line in lines if line["key"] not in measured]
+    out.with_name(f".{out.name}.partial.rank0.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    table = analyze(demo, settings, out, progress=False)
+    assert table is not None
+    by_key = {(e.block, e.part): e for e in table.entries}
+    for key, line in measured.items():
+        pruned = apply(compile_plan(check(parse(line + "\n"), graph)), copy.deepcopy(demo.transformer))
+        reference = evaluate(demo.generator_for(pruned), demo.scorer, prompts, [0])
+        block, _, part = key.removeprefix("blocks[").partition("]")
+        entry = by_key[(int(block), part.removeprefix(".") or None)]
+        assert entry.metrics == {m: reference[m] for m in reference["metrics"]}, key
