@@ -49,20 +49,28 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        args = build_parser(argv).parse_args(argv)
-        handler: Handler = args.handler
-        code = handler(args)
+        code = _run(argv)
         sys.stdout.flush()  # here, not at exit, where a closed pipe could only be reported as a traceback
         return code
     except BrokenPipeError:  # `hpspec check big.hps | head -1`: the reader has gone; quiet, as Unix tools are
         _silence_stdout()
         return 141  # 128 + SIGPIPE, what a shell reports for a tool the pipe ended
+
+
+def _run(argv: Sequence[str] | None) -> int:
+    """The command, its errors reported (a closed pipe while reporting one is `main`'s)."""
+    try:
+        args = build_parser(argv).parse_args(argv)
+        handler: Handler = args.handler
+        return handler(args)
     except SpecError as error:
         sys.stdout.write(error.render() + "\n")
         return error.exit_code
     except HpspecError as error:
         sys.stderr.write(f"error: {error}\n")
         return error.exit_code
+    except BrokenPipeError:  # not an environment problem: `main` quiets it
+        raise
     except OSError as error:  # the environment: a missing directory, a full disk, a name too long
         where = f"{os.fsdecode(error.filename)}: " if isinstance(error.filename, (str, bytes, os.PathLike)) else ""
         sys.stderr.write(f"error: {where}{error.strerror or error}\n")

@@ -172,11 +172,16 @@ def atomic_file(out: Path, force: bool = False) -> Iterator[Path]:
             yield tmp
 
 
-@contextmanager
-def _atomic_file(out: Path, force: bool) -> Iterator[Path]:
+def _clear_way(out: Path, force: bool) -> None:
+    """Under `out`'s lock: what a killed run left is swept, and an existing `out` needs `force`."""
     sweep_stale_siblings(out)
     if out.exists() and not force:
         raise HpspecError(f"{out}: already exists (use --force to replace it)")
+
+
+@contextmanager
+def _atomic_file(out: Path, force: bool) -> Iterator[Path]:
+    _clear_way(out, force)
     fd, name = tempfile.mkstemp(prefix=f".{out.name}{TMP_MARKER}", dir=out.parent)
     os.close(fd)
     tmp = Path(name)
@@ -209,9 +214,7 @@ def atomic_directory(out: Path, force: bool = False) -> Iterator[Path]:
 
 @contextmanager
 def _atomic_directory(out: Path, force: bool) -> Iterator[Path]:
-    sweep_stale_siblings(out)
-    if out.exists() and not force:
-        raise HpspecError(f"{out}: already exists (use --force to replace it)")
+    _clear_way(out, force)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}{TMP_MARKER}", dir=out.parent))
     os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes it 0700; the output gets what mkdir would give
     aside: Path | None = None  # where an existing output waits while the new one is renamed in
