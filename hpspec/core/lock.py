@@ -69,7 +69,10 @@ def _make_parents(directory: Path) -> list[Path]:
 def _acquire(path: Path, out: Path) -> int:
     """Lock the file at `path` (created if absent), re-opening if its last holder removed it meanwhile."""
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:  # a read-only or full file system: said of the output, not of the lock file
+            raise HpspecError(f"{out}: cannot write: {error.strerror or error}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
