@@ -18,9 +18,10 @@ from hpspec.core.io import read_json_input, write_text_atomic
 from hpspec.core.paths import PLAN_NAME
 from hpspec.demo import default_prompts, read_prompts, transformer_dir
 from hpspec.lang.parse import parse
-from hpspec.method.analyze import Settings, analyze, demo_subject
+from hpspec.method.analyze import Settings, analyze, demo_subject, probe_analysis
 from hpspec.method.distill.loop import process_state
 from hpspec.method.evaluate import evaluate_demo, format_result, is_demo_transformer
+from hpspec.method.probes import parse_probes
 from hpspec.method.sensitivity import check_table_fits, import_reference, load_table
 from hpspec.method.suggest import Suggestion, render_spec, suggest
 from hpspec.model.graph import ModelGraph
@@ -35,6 +36,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     analyze = commands.add_parser("analyze", help="measure (or import) what removing each block and part costs")
     analyze.add_argument("--model", help="the model to measure: `demo` or a demo-shaped transformer directory")
     analyze.add_argument("--parts", action="store_true", help="also remove each part of each block")
+    analyze.add_argument("--probe", metavar="NAMES", help="one pass, no removals: cosine,mse,cka per block")
     analyze.add_argument("--prompts", metavar="FILE", help="one prompt a line (default: the demo's fixed set)")
     analyze.add_argument("--seeds", type=int, default=1, help="seeds per prompt (0, 1, ...)")
     analyze.add_argument("--steps", type=int, help="sampling steps (default: the generator's)")
@@ -180,8 +182,13 @@ def _relative(path: Path, output: Path | None) -> str:
 def _measure(args: argparse.Namespace) -> int:
     if args.model is None:
         raise UsageError("hpspec analyze: give --model (demo or a directory), or --import-reference FILE")
+    probes = parse_probes(args.probe) if args.probe is not None else None  # before any model loads
     subject, knobs = demo_subject(_demo_dir(args.model), steps=args.steps)
     settings = Settings(_prompts(args.prompts), list(range(args.seeds)), args.parts, knobs)
+    if probes is not None:
+        probed = probe_analysis(subject, settings, probes, Path(args.output))
+        sys.stderr.write(f"wrote {args.output}: probes of {len(probed.probes)} blocks\n")
+        return 0
     state = process_state()
     table = analyze(subject, settings, Path(args.output), rank=state.process_index, world=state.num_processes,
                     barrier=state.wait_for_everyone)  # fmt: skip

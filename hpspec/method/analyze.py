@@ -26,6 +26,7 @@ from hpspec.core.errors import PlanError
 from hpspec.core.io import write_text_atomic
 from hpspec.lang.parse import parse
 from hpspec.method.evaluate import Generator, Scorer, evaluate
+from hpspec.method.probes import block_streams, mean_cosine, probe_recorder
 from hpspec.method.sensitivity import Cosine, Entry, ScorerInfo, SensitivityTable, TargetRef, settings_hash
 from hpspec.model.graph import ModelGraph, graph_from_module
 from hpspec.plan.check import check
@@ -33,7 +34,6 @@ from hpspec.plan.compile import compile_plan
 from hpspec.plan.plan import Plan
 
 if TYPE_CHECKING:
-    import torch
     from torch import nn
 
 
@@ -272,11 +272,9 @@ class cosine_recorder:
 
     def _hook(self, stack: str, index: int) -> Callable[..., None]:
         def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-            before = kwargs.get("hidden_states", args[0] if args else None)
-            after = output[-1] if isinstance(output, tuple) else output
-            if before is None or after is None or before.shape != after.shape:
-                return
-            self.sums.setdefault((stack, index), []).append(_mean_cosine(before, after))
+            streams = block_streams(args, kwargs, output)
+            if streams is not None:
+                self.sums.setdefault((stack, index), []).append(mean_cosine(*streams))
 
         return hook
 
@@ -290,10 +288,35 @@ class cosine_recorder:
         return [s.name for s in self.graph.stacks].index(stack)
 
 
-def _mean_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+# --------------------------------------------------------------------------------------------
+# Cheap probes: one pass of the unpruned model, no scorer, no removals
+
+
+def probe_analysis(subject: Subject, settings: Settings, names: Sequence[str], output: Path) -> SensitivityTable:
+    """One generation pass over the prompt set with probe hooks -> a table of probes (no entries).
+
+    With `cosine` among the names the table's `cosine` field is filled too (same values), so
+    `suggest --method koala` ranks by it. The table has no scorer, so its `full_score` is 0.
+    """
     import torch
 
-    return float(torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=-1).mean())
+    graph = graph_from_module(subject.transformer, subject.name)
+    generator = subject.generator_for(subject.transformer)
+    with probe_recorder(subject.transformer, graph, names) as probes, torch.no_grad():
+        for seed in settings.seeds:
+            generator.generate(settings.prompts, seed)
+    measured = probes()
+    table = SensitivityTable(
+        target=TargetRef(graph.name, graph.fingerprint),
+        scorer=ScorerInfo("none (probes only)", [], True),
+        settings={**settings.as_dict(), "probes": list(names)},
+        full_score=0.0,
+        entries=[],
+        cosine=[Cosine(p.stack, p.block, p.cosine) for p in measured if p.cosine is not None],
+        probes=measured,
+    )
+    write_text_atomic(output, table.to_json())
+    return table
 
 
 # --------------------------------------------------------------------------------------------

@@ -13,7 +13,8 @@ JSON:
     entries: [{stack, block, part (null: whole block), score, delta}], delta = full_score - score (ΔP)
     cosine: [{stack, block, value}]: a block's input-output cosine similarity (KOALA, ShortGPT)
 Added fields (schema v1 only grows): entries[].metrics and full_metrics, the metrics behind a
-measured score.
+measured score; probes: [{stack, block, cosine, mse, cka, calls}], the cheap probes of one pass
+(`hpspec analyze --probe`; a measure not asked for is null).
 """
 
 from __future__ import annotations
@@ -52,6 +53,18 @@ class Cosine:
 
 
 @dataclass(frozen=True)
+class Probe:
+    """One block's cheap probes over one pass of the unpruned model, each the mean over its calls."""
+
+    stack: str
+    block: int
+    cosine: float | None = None  # input-output cosine of the image stream (KOALA, ShortGPT)
+    mse: float | None = None  # mean squared change, output minus input
+    cka: float | None = None  # linear CKA between input and output
+    calls: int = 0  # the block's calls averaged over
+
+
+@dataclass(frozen=True)
 class ScorerInfo:
     name: str
     metrics: list[str]
@@ -73,6 +86,7 @@ class SensitivityTable:
     entries: list[Entry]
     cosine: list[Cosine] = field(default_factory=list)
     full_metrics: dict[str, float] = field(default_factory=dict)
+    probes: list[Probe] = field(default_factory=list)  # added in schema v1 (fields only grow)
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -82,6 +96,8 @@ class SensitivityTable:
     def to_json(self) -> str:
         data = asdict(self)
         data["settings_hash"] = self.settings_hash
+        if not self.probes:  # an added field: tables without probes stay byte for byte what they were
+            del data["probes"]
         # Entries keep their order (it breaks ties in selection); only dict keys are sorted.
         return json.dumps(data, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
 
@@ -136,6 +152,7 @@ def table_from_json(data: Any, where: str) -> SensitivityTable:
             entries=[Entry(**e) for e in data["entries"]],
             cosine=[Cosine(**c) for c in data.get("cosine", [])],
             full_metrics=dict(data.get("full_metrics", {})),
+            probes=[Probe(**p) for p in data.get("probes", [])],
         )
     except (KeyError, TypeError, ValueError) as error:
         raise SensitivityError(f"{where}: not a sensitivity table: {type(error).__name__}: {error}") from None
