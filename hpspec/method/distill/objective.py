@@ -15,12 +15,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from hpspec.method.sgdistill import kept_blocks
 from hpspec.model.arch import architecture
 from hpspec.model.families.flux import image_ids, pack_latents
-from hpspec.plan.plan import Plan
+from hpspec.plan.plan import DistillPlan, Plan
 from hpspec.plan.quantize_layout import under
 
 if TYPE_CHECKING:
@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 
     from hpspec.method.distill.data import Batch
     from hpspec.method.distill.draws import Draws
-    from hpspec.method.distill.loop import Job
 
 FLUX_GUIDANCE = 3.5  # the guidance value a guidance-distilled FLUX (dev) is run at
 PRECISE_INPUTS = ("timestep", "guidance", "img_ids", "txt_ids")  # embedded in fp32 by diffusers; bf16 would round them
@@ -128,7 +127,21 @@ def feature_loss(
 # The loss
 
 
-def losses(job: Job, student: nn.Module, batch: Batch, draw: Draws, size: tuple[int, int], student_capture: Capture,
+class Teaching(Protocol):
+    """What the loss reads of a run (the loop's `Job` is one): the settings, the family's calling
+    convention, the frozen teacher and the feature pairs (student block, teacher block)."""
+
+    @property
+    def distill(self) -> DistillPlan: ...
+    @property
+    def family(self) -> Family: ...
+    @property
+    def teacher(self) -> nn.Module: ...
+    @property
+    def pairs(self) -> list[tuple[str, str]]: ...
+
+
+def losses(job: Teaching, student: nn.Module, batch: Batch, draw: Draws, size: tuple[int, int], student_capture: Capture,
             teacher_capture: Capture, accelerator: Accelerator) -> dict[str, torch.Tensor]:  # fmt: skip
     import torch
     import torch.nn.functional as F
