@@ -61,6 +61,16 @@ def graph_text(graph: ModelGraph) -> str:
 def plan_text(plan: Plan) -> str:
     """A short table: stacks, blocks and parts dropped, parameters and bytes, fraction kept."""
     lines = [f"plan for {plan.target.name}  (spec {plan.spec.path}, graph {plan.target.fingerprint})", ""]
+    lines.extend(_stack_lines(plan))
+    lines.append("")
+    lines.extend(_size_lines(plan))
+    lines.append("")
+    lines.extend(_setting_lines(plan))
+    return "\n".join(lines) + "\n"
+
+
+def _stack_lines(plan: Plan) -> list[str]:
+    """The stacks' table, each block's dropped parts, and the last-block conversion."""
     rows = []
     for name, stack in plan.stacks.items():
         parts = [op for op in plan.ops if op.kind == "drop_part" and op.stack == name]
@@ -73,7 +83,7 @@ def plan_text(plan: Plan) -> str:
                 str(len(parts)) if parts else "-",
             ]
         )
-    lines.append(table(rows, ["stack", "before", "after", "blocks dropped", "parts dropped"]))
+    lines = [table(rows, ["stack", "before", "after", "blocks dropped", "parts dropped"])]
     for name in plan.stacks:
         by_block: dict[int, list[str]] = {}
         for op in plan.ops:
@@ -81,13 +91,17 @@ def plan_text(plan: Plan) -> str:
                 by_block.setdefault(op.block, []).append(op.part or "")
         for block, words in sorted(by_block.items()):
             lines.append(f"  {name[:-1]}[{block}]: {', '.join(words)}")
-    converted = [op for op in plan.ops if op.kind == "convert_last_block"]
-    for op in converted:
-        lines.append(
-            f"block {op.block} becomes the last block ({op.new_index} after renumbering): converted to context-pre-only "
-            f"({op.params:,} dead parameters removed)"
-        )
-    lines.append("")
+    for op in plan.ops:
+        if op.kind == "convert_last_block":
+            lines.append(
+                f"block {op.block} becomes the last block ({op.new_index} after renumbering): converted to "
+                f"context-pre-only ({op.params:,} dead parameters removed)"
+            )
+    return lines
+
+
+def _size_lines(plan: Plan) -> list[str]:
+    """Parameters and weight bytes before and after, the paper's memory figures, FLOPs."""
     p, b = plan.params, plan.bytes
     rows = [
         ["parameters", f"{p.before:,}", f"{p.after_prune:,}", f"{100 * p.after_prune / p.before:.1f}%"],
@@ -98,7 +112,7 @@ def plan_text(plan: Plan) -> str:
             f"{100 * b.after_prune / b.before:.1f}%",
         ],
     ]
-    lines.append(table(rows, ["", "before", "after prune", "kept"]))
+    lines = [table(rows, ["", "before", "after prune", "kept"])]
     lines.append("(weight bytes, decimal units; peak memory in a forward pass is a different measure)")
     if b.after_quantize is not None and plan.quantize is not None:
         lines.append(
@@ -113,10 +127,14 @@ def plan_text(plan: Plan) -> str:
             f"forward FLOPs at {f.image_tokens} image + {f.text_tokens} text tokens: {f.before / 1e12:.3g} T -> "
             f"{f.after_prune / 1e12:.3g} T ({100 * (1 - f.after_prune / f.before):.1f}% fewer; an estimate)"
         )
-    lines.append("")
-    lines.append(
+    return lines
+
+
+def _setting_lines(plan: Plan) -> list[str]:
+    """The freeze set, and the distill and quantize settings."""
+    lines = [
         f"freeze: {plan.freeze.rule}; {plan.freeze.frozen_params:,} frozen, {plan.freeze.trainable_params:,} trainable"
-    )
+    ]
     if plan.distill is not None:
         d = plan.distill
         lines.append(f"distill: weight={d.weight} mode={d.mode} steps={d.steps} lr={d.lr} batch={d.batch}")
@@ -124,7 +142,7 @@ def plan_text(plan: Plan) -> str:
         q = plan.quantize
         extra = f", except {', '.join(q.except_modules)}" if q.except_modules else ""
         lines.append(f"quantize: {q.scheme} ({q.backend}), compute {q.compute}{extra}")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 # METHOD §8: peak GPU memory of one transformer forward (batch 1, 1024², bf16), not weight bytes.
