@@ -74,14 +74,14 @@ MUTATIONS: tuple[Mutation, ...] = (
         "PWP freezes one unit fewer than everything before the first removal",
     ),
     Mutation(
-        "cosine flipped", "hpspec/method/analyze.py",
+        "cosine flipped", "hpspec/method/probes.py",
         "return float(torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=-1).mean())",
         "return 1 - float(torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=-1).mean())",
         ("tests/method/test_analyze.py::test_cosines_are_recorded_per_block", "tests/method/test_suggest.py"),
         "the cosine recorded as ShortGPT's 1 - cos (flips KOALA's ranking)",
     ),
     Mutation(
-        "cosine over tokens", "hpspec/method/analyze.py",
+        "cosine over tokens", "hpspec/method/probes.py",
         "return float(torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=-1).mean())",
         "return float(torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=1).mean())",
         ("tests/method/test_analyze.py::test_cosines_are_recorded_per_block", "tests/method/test_suggest.py"),
