@@ -26,7 +26,7 @@ from hpspec.core.errors import PlanError
 from hpspec.core.io import write_text_atomic
 from hpspec.lang.parse import parse
 from hpspec.method.evaluate import Generator, Scorer, evaluate
-from hpspec.method.probes import block_streams, mean_cosine, probe_recorder
+from hpspec.method.probes import probe_recorder
 from hpspec.method.sensitivity import Cosine, Entry, ScorerInfo, SensitivityTable, TargetRef, settings_hash
 from hpspec.model.graph import ModelGraph, graph_from_module
 from hpspec.plan.check import check
@@ -251,41 +251,19 @@ def _append(path: Path, digest: str, key: str, value: dict) -> None:
 # KOALA / ShortGPT: cosine similarity between a block's input and output image stream
 
 
-class cosine_recorder:
-    """Forward hooks on every block; `()` returns [{stack, block, value}] averaged over calls."""
+class cosine_recorder(probe_recorder):
+    """The probes' block hooks with the cosine alone; `()` returns [{stack, block, value}], each the
+    mean over the block's calls (the table's `cosine` field)."""
 
     def __init__(self, transformer: nn.Module, graph: ModelGraph):
-        self.transformer, self.graph = transformer, graph
-        self.sums: dict[tuple[str, int], list[float]] = {}
-        self.handles: list[Any] = []
+        super().__init__(transformer, graph, ("cosine",))
 
-    def __enter__(self) -> Callable[[], list[dict[str, Any]]]:
-        for stack in self.graph.stacks:
-            modules = self.transformer.get_submodule(stack.module)
-            for index, module in enumerate(modules):
-                self.handles.append(module.register_forward_hook(self._hook(stack.name, index), with_kwargs=True))
-        return self.values
+    def __enter__(self) -> Callable[[], list[dict[str, Any]]]:  # type: ignore[override]
+        super().__enter__()
+        return self.cosines
 
-    def __exit__(self, *exc: object) -> None:
-        for handle in self.handles:
-            handle.remove()
-
-    def _hook(self, stack: str, index: int) -> Callable[..., None]:
-        def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-            streams = block_streams(args, kwargs, output)
-            if streams is not None:
-                self.sums.setdefault((stack, index), []).append(mean_cosine(*streams))
-
-        return hook
-
-    def values(self) -> list[dict[str, Any]]:
-        return [
-            {"stack": stack, "block": block, "value": sum(v) / len(v)}
-            for (stack, block), v in sorted(self.sums.items(), key=lambda kv: (self._order(kv[0][0]), kv[0][1]))
-        ]
-
-    def _order(self, stack: str) -> int:
-        return [s.name for s in self.graph.stacks].index(stack)
+    def cosines(self) -> list[dict[str, Any]]:
+        return [{"stack": p.stack, "block": p.block, "value": p.cosine} for p in self.values()]
 
 
 # --------------------------------------------------------------------------------------------
