@@ -263,7 +263,7 @@ def _llama(tmp_path: Path, models: Callable[[str], Path]) -> list[str]:
 
 
 def _k_quant(tmp_path: Path, models: Callable[[str], Path]) -> list[str]:
-    return ["convert", models("flux.bfl"), "--to", "gguf:Q5_K", "-o", tmp_path / "OUT"]
+    return ["convert", models("flux.bfl"), "--to", "gguf:Q3_K", "-o", tmp_path / "OUT"]
 
 
 def _parts(tmp_path: Path, models: Callable[[str], Path]) -> list[str]:

@@ -224,8 +224,8 @@ def test_gguf_blocks_drop_without_dequantizing(tmp_path: Path, saved: Callable[[
 
 
 def test_gguf_bad_types_and_architectures_are_one_line(tmp_path: Path) -> None:
-    with pytest.raises(LayoutError, match="GGUF type 'Q6_K' cannot be written \\(hpspec writes q4_k; the gguf package can read the other K-quants but not write them\\)"):
-        parse_type("Q6_K")
+    with pytest.raises(LayoutError, match="GGUF type 'Q3_K' cannot be written \\(hpspec writes q4_k, q5_k, q6_k; the gguf package can read the other K-quants but not write them\\)"):
+        parse_type("Q3_K")
     import gguf
 
     writer = gguf.GGUFWriter(path=None, arch="llama")
@@ -277,3 +277,88 @@ def test_a_q4_k_gguf_loads_in_diffusers_within_its_error(tmp_path: Path, flux_lo
     feed = inputs("flux")
     expected = forward(model, feed)
     assert float((forward(loaded, feed) - expected).norm() / expected.norm()) <= 0.1  # as q4_0's bound above
+
+
+def _k_rows() -> Any:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((32, 512)) * 0.02).astype(np.float32)
+    x[3, 7], x[9, 300] = 0.5, -0.4  # outliers, as trained weights have
+    x[5] = 0.0  # a row of zeros
+    x[6] = 0.25  # a constant row
+    return x
+
+
+def test_q6_k_and_q5_k_decode_with_the_gguf_packages_dequantizer_each_below_the_next_lower_type() -> None:
+    import gguf
+    import numpy as np
+
+    from hpspec.weights.formats.kquants import quantize_q4_k, quantize_q5_k, quantize_q6_k
+
+    x = _k_rows()
+    errors = {}
+    for name, encode in [("Q4_K", quantize_q4_k), ("Q5_K", quantize_q5_k), ("Q6_K", quantize_q6_k)]:
+        kind = gguf.GGMLQuantizationType[name]
+        encoded = encode(x)
+        assert encoded.dtype == np.uint8 and encoded.shape == (32, 2 * gguf.GGML_QUANT_SIZES[kind][1])
+        back = gguf.quants.dequantize(encoded, kind)
+        assert back.shape == x.shape and np.array_equal(back[5], x[5]), name
+        assert np.allclose(back[6], x[6], atol=1e-3), name
+        errors[name] = float(np.sqrt(np.mean((back - x) ** 2)) / np.sqrt(np.mean(x**2)))
+    legacy = {}
+    for name in ("Q5_1", "Q8_0"):  # the gguf package's own quantizers, on the same rows
+        kind = gguf.GGMLQuantizationType[name]
+        legacy[name] = float(
+            np.sqrt(np.mean((gguf.quants.dequantize(gguf.quants.quantize(x, kind), kind) - x) ** 2))
+            / np.sqrt(np.mean(x**2))
+        )
+    assert legacy["Q8_0"] < errors["Q6_K"] < errors["Q5_K"] < errors["Q4_K"]
+    assert errors["Q5_K"] < legacy["Q5_1"]  # as Q4_K beats Q4_1
+    blocks = x.reshape(-1, 16)  # Q6_K without its search: each 16's largest |x| at code -32, float scales
+    top = np.take_along_axis(blocks, np.argmax(np.abs(blocks), axis=1)[:, None], axis=1)
+    step = np.where(top == 0, 1.0, top / -32)
+    plain = (np.clip(np.rint(blocks / step), -32, 31) * step).reshape(x.shape)
+    assert errors["Q6_K"] < float(np.sqrt(np.mean((plain - x) ** 2)) / np.sqrt(np.mean(x**2)))
+    assert errors["Q6_K"] < 0.6 * errors["Q5_K"] and errors["Q5_K"] < 0.6 * errors["Q4_K"]  # about half per bit
+
+
+def test_q6_k_keeps_the_sign_of_each_sub_blocks_largest_weight() -> None:
+    import gguf
+    import numpy as np
+
+    from hpspec.weights.formats.kquants import quantize_q6_k
+
+    x = np.linspace(-1.0, 0.5, 256, dtype=np.float32)[None] * np.array([[1.0], [-1.0]], np.float32)
+    back = gguf.quants.dequantize(quantize_q6_k(x), gguf.GGMLQuantizationType.Q6_K)
+    assert np.abs(back - x).max() < 1.0 / 32  # half a code step of the largest sub-block, with room
+
+
+def test_convert_writes_a_q6_k_flux_gguf_the_gguf_reader_decodes(cli: Callable[..., Any], tmp_path: Path) -> None:
+    import gguf
+    from diffusers import FluxTransformer2DModel
+
+    from tests.tiny_models import FLUX_CONFIG
+
+    config = {
+        **FLUX_CONFIG,
+        "num_layers": 1,
+        "num_single_layers": 1,
+        "attention_head_dim": 128,
+        "axes_dims_rope": (16, 56, 56),
+    }
+    torch.manual_seed(0)
+    model = FluxTransformer2DModel(**config).eval()  # 256 wide: its Linears' rows fill Q6_K's 256-weight blocks
+    model.save_pretrained(tmp_path / "wide")
+    out = tmp_path / "wide-q6_k.gguf"
+    result = cli("convert", tmp_path / "wide", "--to", "gguf:Q6_K", "-o", out)
+    assert result.code == 0, result.err
+    reader = gguf.GGUFReader(out)
+    tensors = {t.name: t for t in reader.tensors}
+    found = tensors["single_blocks.0.linear2.weight"]  # diffusers' single_transformer_blocks.0.proj_out
+    assert found.tensor_type == gguf.GGMLQuantizationType.Q6_K
+    assert tensors["img_in.weight"].tensor_type == gguf.GGMLQuantizationType.F16  # embedders stay float
+    back = torch.from_numpy(gguf.quants.dequantize(found.data, found.tensor_type).copy())
+    expected = model.single_transformer_blocks[0].proj_out.weight.detach()
+    assert back.shape == expected.shape
+    assert float((back - expected).norm() / expected.norm()) < 0.02

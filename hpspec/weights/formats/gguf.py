@@ -36,9 +36,9 @@ from hpspec.weights.formats.convert import (
     layout_tensors,
     open_model,
 )
-from hpspec.weights.formats.kquants import quantize_q4_k
+from hpspec.weights.formats.kquants import quantize_q4_k, quantize_q5_k, quantize_q6_k
 
-TYPES = ("f32", "f16", "bf16", "q8_0", "q5_0", "q5_1", "q4_0", "q4_1", "q4_k")  # what hpspec writes
+TYPES = ("f32", "f16", "bf16", "q8_0", "q5_0", "q5_1", "q4_0", "q4_1", "q4_k", "q5_k", "q6_k")  # what hpspec writes
 FLOAT_TYPES = ("f32", "f16", "bf16")
 TINY = 1024  # tensors of at most this many elements stay in F32 (city96's QUANTIZATION_THRESHOLD)
 KEEP = {  # name prefixes kept unquantized, per architecture (city96's llama.cpp patch)
@@ -46,7 +46,7 @@ KEEP = {  # name prefixes kept unquantized, per architecture (city96's llama.cpp
     "sd3": ("final_layer.", "t_embedder.", "y_embedder.", "x_embedder.", "context_embedder.", "pos_embed"),
 }
 SAME_TYPE = {"F32": "f32", "F16": "f16", "BF16": "bf16"}  # safetensors dtype -> the GGML type of the same bytes
-ENCODERS = {"q4_k": quantize_q4_k}  # hpspec's own numpy encoders (hpspec.weights.formats.kquants)
+ENCODERS = {"q4_k": quantize_q4_k, "q5_k": quantize_q5_k, "q6_k": quantize_q6_k}  # hpspec's own (kquants)
 CHUNK_ELEMENTS = 4 << 20  # rows are read, cast and quantized about this many elements at a time
 
 
@@ -55,7 +55,7 @@ def parse_type(text: str) -> str:
     name = text.lower().removeprefix("gguf:").strip()
     if name not in TYPES:
         hint = (
-            " (hpspec writes q4_k; the gguf package can read the other K-quants but not write them)"
+            " (hpspec writes q4_k, q5_k, q6_k; the gguf package can read the other K-quants but not write them)"
             if name.endswith("_k") or "_k_" in name
             else ""
         )
@@ -192,7 +192,7 @@ def _np_float32() -> Any:
 def _file_type(wanted: str) -> int:
     import gguf
 
-    named = {"f32": "ALL_F32", "q4_k": "MOSTLY_Q4_K_S"}  # every quantizable tensor Q4_K: llama.cpp's _S mix
+    named = {"f32": "ALL_F32", "q4_k": "MOSTLY_Q4_K_S", "q5_k": "MOSTLY_Q5_K_S"}  # every tensor one K type: _S
     return int(gguf.LlamaFileType[named.get(wanted, f"MOSTLY_{wanted.upper()}")])
 
 
