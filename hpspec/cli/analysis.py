@@ -1,35 +1,31 @@
-"""`hpspec analyze`, `hpspec suggest` and `hpspec eval`: sensitivity tables, the specs chosen from
-them, and what a (pruned) demo-shaped model scores."""
+"""`hpspec analyze` and `hpspec suggest`: sensitivity tables and the specs chosen from them."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from hpspec.cli.subjects import demo_dir, prompt_list
 from hpspec.core.errors import SpecError, UsageError
 from hpspec.core.io import read_json_input, write_text_atomic
-from hpspec.core.paths import PLAN_NAME
-from hpspec.demo import default_prompts, read_prompts, transformer_dir
 from hpspec.lang.parse import parse
 from hpspec.method.analyze import Settings, analyze, demo_subject, probe_analysis
 from hpspec.method.distill.loop import process_state
-from hpspec.method.evaluate import evaluate_demo, format_result, is_demo_transformer
 from hpspec.method.probes import parse_probes
 from hpspec.method.sensitivity import check_table_fits, import_reference, load_table
 from hpspec.method.suggest import Suggestion, render_spec, suggest
 from hpspec.model.graph import ModelGraph
-from hpspec.model.targets import DEMO, graph_from_path, resolve_target, target_names
+from hpspec.model.targets import resolve_target, target_names
 from hpspec.plan.check import Item, check
 
 if TYPE_CHECKING:
-    from torch import nn
+    pass
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -60,15 +56,6 @@ def register(commands: argparse._SubParsersAction) -> None:
     suggest.add_argument("--position-weight", action="store_true", help="rank by the paper's position-weighted ΔP")
     suggest.add_argument("-o", "--output", help="the spec to write (default: stdout)")
     suggest.set_defaults(handler=cmd_suggest)
-
-    evaluate = commands.add_parser("eval", help="prompt accuracy, quality, degradation, size and latency of a model")
-    evaluate.add_argument("--model", required=True, help="`demo`, or a (pruned) demo-shaped transformer directory")
-    evaluate.add_argument("--reference", help="the unpruned model, for degradation")
-    evaluate.add_argument("--prompts", metavar="FILE")
-    evaluate.add_argument("--seeds", type=int, default=4)
-    evaluate.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    evaluate.add_argument("-o", "--output", help="also write the JSON here")
-    evaluate.set_defaults(handler=cmd_eval)
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
@@ -183,8 +170,8 @@ def _measure(args: argparse.Namespace) -> int:
     if args.model is None:
         raise UsageError("hpspec analyze: give --model (demo or a directory), or --import-reference FILE")
     probes = parse_probes(args.probe) if args.probe is not None else None  # before any model loads
-    subject, knobs = demo_subject(_demo_dir(args.model), steps=args.steps)
-    settings = Settings(_prompts(args.prompts), list(range(args.seeds)), args.parts, knobs)
+    subject, knobs = demo_subject(demo_dir(args.model), steps=args.steps)
+    settings = Settings(prompt_list(args.prompts), list(range(args.seeds)), args.parts, knobs)
     if probes is not None:
         probed = probe_analysis(subject, settings, probes, Path(args.output))
         sys.stderr.write(f"wrote {args.output}: probes of {len(probed.probes)} blocks\n")
@@ -195,61 +182,3 @@ def _measure(args: argparse.Namespace) -> int:
     if table is not None:
         sys.stderr.write(f"wrote {args.output}: {len(table.entries)} entries, full score {table.full_score:.4f}\n")
     return 0
-
-
-def _demo_dir(model: str) -> Path | None:
-    """None for the shipped demo; a directory must be demo-shaped (other models need a pipeline)."""
-    if model == DEMO:
-        return None
-    path = Path(model)
-    if not is_demo_transformer(path):
-        raise UsageError(
-            f"{model}: not a demo-shaped transformer directory; measuring SD3/FLUX needs their pipeline and a "
-            "CLIP scorer (hpspec.evaluate.DiffusersPipelineGenerator, CLIPScorer) through the Python API"
-        )
-    return path
-
-
-def _prompts(path: str | None) -> list[str]:
-    return read_prompts(path) if path else default_prompts()
-
-
-def cmd_eval(args: argparse.Namespace) -> int:
-    from hpspec.weights.load import load_pretrained  # torch
-
-    model = _demo_dir(args.model)
-    reference = _demo_dir(args.reference) if args.reference else None
-    if args.reference == "demo":
-        reference = transformer_dir()
-    result = evaluate_demo(
-        model,
-        reference_dir=reference,
-        prompts=_prompts(args.prompts),
-        seeds=list(range(args.seeds)),
-        load_transformer=_loader(load_pretrained),
-        progress=True,
-    )
-    result["parameters"], result["weight_bytes"] = _size(model)
-    text = json.dumps(result, indent=2, sort_keys=True) + "\n"
-    if args.output:
-        write_text_atomic(Path(args.output), text)
-    sys.stdout.write(
-        text if args.json else format_result(result) + f"\nparameters             {result['parameters']:,}\n"
-    )
-    return 0
-
-
-def _loader(load_pretrained: Callable[[Path], nn.Module]) -> Callable[[Path], nn.Module]:
-    """hpspec's loader for pruned stage directories (they carry plan.json), diffusers' otherwise."""
-
-    def load(path: Path) -> nn.Module:
-        from hpspec.demo.model import load_demo_transformer  # torch
-
-        return load_pretrained(path) if (path / PLAN_NAME).is_file() else load_demo_transformer(path)
-
-    return load
-
-
-def _size(model: Path | None) -> tuple[int, int]:
-    graph = graph_from_path(model or transformer_dir())
-    return graph.params, graph.nbytes

@@ -23,13 +23,13 @@ Registrar = Callable[[argparse._SubParsersAction], None]
 CORE = ("check", "plan", "graph")
 """The commands `hpspec.cli.app` registers itself: they load no group."""
 
-GROUPS = ("analysis", "demo", "review", "report", "stages", "convert", "distill", "quantize", "lora")
+GROUPS = ("analysis", "evaluate", "demo", "review", "report", "stages", "convert", "distill", "quantize", "lora")
 """Every group, in the order `hpspec --help` lists its commands."""
 
 COMMANDS = {
     "analyze": "analysis",
     "suggest": "analysis",
-    "eval": "analysis",
+    "eval": "evaluate",
     "demo": "demo",
     "fmt": "review",
     "diff": "review",

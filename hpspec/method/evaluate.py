@@ -8,8 +8,8 @@ metrics) the paper's degradation::
     degradation = mean over metrics m of (ref_m - m) / ref_m
 
 Implementations: the embedded demo (``hpspec.demo.DemoGenerator`` / ``DemoScorer``), any
-diffusers ``StableDiffusion3Pipeline`` or ``FluxPipeline`` (``DiffusersPipelineGenerator``), and a
-CLIP score (``CLIPScorer``). Images are float tensors (N, C, H, W) in [0, 1].
+diffusers ``StableDiffusion3Pipeline`` or ``FluxPipeline`` (``hpspec.method.pipelines``), and the
+scorers of ``hpspec.method.scorers`` (CLIP score, ...). Images are float tensors (N, C, H, W) in [0, 1].
 
 torch is imported only when something runs, so importing this module stays cheap.
 """
@@ -17,7 +17,6 @@ torch is imported only when something runs, so importing this module stays cheap
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -117,170 +116,6 @@ def evaluate(
         result["relative_drop"] = relative_drops(metrics, reference)
         result["degradation"] = degradation(metrics, reference)
     return result
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
-
-
-def _local_only(model: str | Path) -> bool:
-    """Never reach the hub for a local directory or when HF_HUB_OFFLINE is set."""
-    return _offline() or Path(model).is_dir()
-
-
-class DiffusersPipelineGenerator:
-    """A diffusers text-to-image pipeline (SD3, SD3.5, FLUX) as a Generator.
-
-    A pruned transformer can replace the pipeline's own (``transformer=``). Images come from the
-    pipeline with ``output_type="pt"``: (N, 3, H, W) in [0, 1]. One torch.Generator seeded per call
-    drives every batch, so results depend on the seed and ``batch_size`` only.
-    """
-
-    def __init__(
-        self,
-        pipeline: Any,
-        *,
-        steps: int = 28,
-        guidance: float = 3.5,
-        height: int | None = None,
-        width: int | None = None,
-        batch_size: int = 4,
-        call_kwargs: Mapping[str, Any] | None = None,
-    ) -> None:
-        self.pipeline = pipeline
-        self.steps = steps
-        self.guidance = guidance
-        self.height = height
-        self.width = width
-        self.batch_size = batch_size
-        self.call_kwargs = dict(call_kwargs or {})
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        model: str | Path,
-        *,
-        transformer: nn.Module | None = None,
-        dtype: torch.dtype | None = None,
-        device: str | torch.device | None = None,
-        pipeline_kwargs: Mapping[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> DiffusersPipelineGenerator:
-        """Loads a pipeline from a local directory or hub id (local files only when offline).
-
-        ``pipeline_kwargs`` go to ``DiffusionPipeline.from_pretrained``: e.g. ``{"text_encoder_3":
-        None, "tokenizer_3": None}`` runs SD3 without T5; ``kwargs`` go to the constructor.
-        """
-        from diffusers import DiffusionPipeline
-
-        parts: dict[str, Any] = dict(pipeline_kwargs or {})
-        if transformer is not None:
-            parts["transformer"] = transformer
-        if dtype is not None:
-            parts["torch_dtype"] = dtype
-        pipeline = DiffusionPipeline.from_pretrained(str(model), local_files_only=_local_only(model), **parts)
-        if device is not None:
-            pipeline = pipeline.to(device)
-        pipeline.set_progress_bar_config(disable=True)
-        return cls(pipeline, **kwargs)
-
-    def generate(self, prompts: Sequence[str], seed: int) -> torch.Tensor:
-        import torch
-
-        gen = torch.Generator(device="cpu").manual_seed(seed)
-        chunks = []
-        for start in range(0, len(prompts), self.batch_size):
-            out = self.pipeline(
-                prompt=list(prompts[start : start + self.batch_size]),
-                num_inference_steps=self.steps,
-                guidance_scale=self.guidance,
-                height=self.height,
-                width=self.width,
-                generator=gen,
-                output_type="pt",
-                **self.call_kwargs,
-            )
-            chunks.append(out.images.float().cpu())
-        return torch.cat(chunks).clamp(0, 1)
-
-
-# OpenAI CLIP's pixel normalisation (what its image processor uses).
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-class CLIPScorer:
-    """CLIP score: the mean over images of max(cos(image, prompt), 0), in [0, 1].
-
-    Images are resized (shortest side, bicubic) and centre-cropped to the vision tower's size and
-    normalised with CLIP's constants here, so no image-processor files are needed; one-channel
-    images are repeated to three.
-    """
-
-    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 32) -> None:
-        self.model = model.eval().requires_grad_(False)
-        self.tokenizer = tokenizer
-        self.batch_size = batch_size
-
-    @classmethod
-    def from_pretrained(cls, model: str | Path, *, device: str | torch.device | None = None) -> CLIPScorer:
-        from transformers import AutoTokenizer, CLIPModel
-
-        local = _local_only(model)
-        clip = CLIPModel.from_pretrained(str(model), local_files_only=local)
-        if device is not None:
-            clip = clip.to(device)
-        return cls(clip, AutoTokenizer.from_pretrained(str(model), local_files_only=local))
-
-    def _pixels(self, images: torch.Tensor) -> torch.Tensor:
-        import torch
-        import torch.nn.functional as F
-
-        size = self.model.config.vision_config.image_size
-        x = images.float()
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        scale = size / min(x.shape[-2:])
-        h, w = max(size, round(x.shape[-2] * scale)), max(size, round(x.shape[-1] * scale))
-        x = F.interpolate(x, size=(h, w), mode="bicubic", antialias=True, align_corners=False)
-        top, left = (h - size) // 2, (w - size) // 2
-        x = x[..., top : top + size, left : left + size].clamp(0, 1)
-        mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
-        std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
-        return (x - mean) / std
-
-    def similarities(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
-        """Cosine similarity of each image with its own prompt, (N,)."""
-        import torch
-
-        if len(prompts) != images.shape[0]:
-            raise ValueError(f"{images.shape[0]} images but {len(prompts)} prompts")
-        device = next(self.model.parameters()).device
-        max_len = self.model.config.text_config.max_position_embeddings
-        sims = []
-        with torch.inference_mode():
-            for start in range(0, len(prompts), self.batch_size):
-                stop = start + self.batch_size
-                text = self.tokenizer(
-                    list(prompts[start:stop]),
-                    padding=True,
-                    truncation=True,
-                    max_length=max_len,
-                    return_tensors="pt",
-                ).to(device)
-                img = self.model.get_image_features(pixel_values=self._pixels(images[start:stop]).to(device))
-                txt = self.model.get_text_features(**text)
-                img, txt = _embeds(img), _embeds(txt)
-                sims.append(torch.cosine_similarity(img, txt, dim=-1).float().cpu())
-        return torch.cat(sims)
-
-    def score(self, images: torch.Tensor, prompts: Sequence[str]) -> dict[str, float]:
-        return {"clip_score": float(self.similarities(images, prompts).clamp(min=0).mean())}
-
-
-def _embeds(output: Any) -> torch.Tensor:
-    """get_*_features returns a tensor in older transformers, an output object in newer ones."""
-    return output if not hasattr(output, "pooler_output") else output.pooler_output
 
 
 def is_demo_transformer(model_dir: str | Path) -> bool:

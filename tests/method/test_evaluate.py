@@ -6,8 +6,8 @@ from __future__ import annotations
 import string
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import pytest
 
@@ -17,7 +17,17 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
-from hpspec.method.evaluate import CLIPScorer, DiffusersPipelineGenerator, Generator, Scorer, degradation, evaluate, format_result, is_demo_transformer, relative_drops
+from hpspec.method.evaluate import (  # noqa: E402
+    Generator,
+    Scorer,
+    degradation,
+    evaluate,
+    format_result,
+    is_demo_transformer,
+    relative_drops,
+)
+from hpspec.method.pipelines import DiffusersPipelineGenerator  # noqa: E402
+from hpspec.method.scorers import CLIPScorer  # noqa: E402
 
 
 def test_import_does_not_load_torch() -> None:
