@@ -58,7 +58,7 @@ def _matrix_flops(tensors: tuple[Tensor, ...], prefixes: Mapping[str, str], toke
 def part_flops(graph: ModelGraph, block: Block, part: Part, tokens: Tokens) -> int:
     prefixes, attention = graph.arch.flops_prefixes(block.kind)
     total = _matrix_flops(part.tensors, prefixes, tokens)
-    width = _width(graph)
+    width = attention_width(graph)
     for module in part.modules:
         kind = attention.get(module)
         if kind is not None:
@@ -76,8 +76,8 @@ def tensor_flops(graph: ModelGraph, block: Block, tensors: tuple[Tensor, ...], t
     return _matrix_flops(tensors, prefixes, tokens)
 
 
-def _width(graph: ModelGraph) -> int:
-    """The attention width: the rows of the first block's query projection."""
+def attention_width(graph: ModelGraph) -> int:
+    """The attention width (the residual stream's): the rows of the first block's query projection."""
     for block in graph.blocks:
         for part in block.parts:
             for tensor in part.tensors:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from hpspec.core.errors import UsageError
 from hpspec.model.arch import architecture
+from hpspec.model.flops import attention_width
 from hpspec.model.graph import ModelGraph
 from hpspec.plan.plan import Plan
 
@@ -80,16 +81,6 @@ def image_tokens(graph: ModelGraph, size: int | None, default: int) -> int:
     if size <= 0 or size % per_token:
         raise UsageError(f"--size must be a positive multiple of {per_token} pixels for {graph.family}, got {size}")
     return (size // per_token) ** 2
-
-
-def attention_width(graph: ModelGraph) -> int:
-    """The width of the residual stream: the rows of the first attention's query projection."""
-    for block in graph.blocks:
-        for part in block.parts:
-            for tensor in part.tensors:
-                if tensor.name.endswith("to_q.weight"):
-                    return tensor.shape[0]
-    return 0
 
 
 def _share(count: int, sharded: bool, gpus: int) -> int:
