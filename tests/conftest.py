@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -34,6 +34,30 @@ def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., CliResult]:
         return CliResult(code, captured.out, captured.err)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A StableDiffusion3Pipeline directory (2 blocks, two CLIPs, T5; tests/tiny_pipelines.py), built once."""
+    from tests.tiny_pipelines import save_pipeline, tiny_sd3_pipeline
+
+    return save_pipeline(tiny_sd3_pipeline(), tmp_path_factory.mktemp("tiny-sd3") / "pipe")
+
+
+@pytest.fixture(scope="session")
+def tiny_flux_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A FluxPipeline directory (2 double + 2 single blocks, CLIP, T5; tests/tiny_pipelines.py), built once."""
+    from tests.tiny_pipelines import save_pipeline, tiny_flux_pipeline
+
+    return save_pipeline(tiny_flux_pipeline(), tmp_path_factory.mktemp("tiny-flux") / "pipe")
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CLIPModel directory (16px vision tower, tokenizer, image processor) for CLIP scorers, built once."""
+    from tests.tiny_pipelines import tiny_clip_model
+
+    return tiny_clip_model(tmp_path_factory.mktemp("tiny-clip"))
 
 
 def assert_golden(path: Path, actual: str) -> None:

@@ -3,7 +3,6 @@ tiny models built from configs and saved to a temporary directory (no hub, no ne
 
 from __future__ import annotations
 
-import string
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -28,6 +27,7 @@ from hpspec.method.evaluate import (  # noqa: E402
 )
 from hpspec.method.pipelines import DiffusersPipelineGenerator  # noqa: E402
 from hpspec.method.scorers import CLIPScorer  # noqa: E402
+from tests.tiny_pipelines import NO_T5  # noqa: E402
 
 
 def test_import_does_not_load_torch() -> None:
@@ -111,78 +111,8 @@ def test_is_demo_transformer(tmp_path: Path) -> None:
     assert not is_demo_transformer(tmp_path)
 
 
-def tiny_clip_tokenizer(path: Path):
-    """A character-level CLIP BPE tokenizer (no merges): enough to run real CLIP code offline."""
-    from transformers import CLIPTokenizer
-
-    chars = string.ascii_lowercase + string.digits + string.punctuation
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for c in chars:
-        vocab.setdefault(c, len(vocab))
-        vocab.setdefault(c + "</w>", len(vocab))
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=16)
-    tokenizer.save_pretrained(path)
-    return tokenizer
-
-
-def tiny_clip_text_config(vocab_size: int):
-    from transformers import CLIPTextConfig
-
-    return CLIPTextConfig(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=37,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=16,
-        projection_dim=32,
-        bos_token_id=0,
-        eos_token_id=1,
-        pad_token_id=1,
-    )
-
-
-# SD3 without its T5 encoder: the pipeline then feeds zeros in T5's place.
-NO_T5 = {"text_encoder_3": None, "tokenizer_3": None}
-
-
-@pytest.fixture(scope="module")
-def tiny_sd3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A complete StableDiffusion3Pipeline (2 CLIP text encoders, no T5) of a few thousand weights."""
-    from diffusers import (
-        AutoencoderKL,
-        FlowMatchEulerDiscreteScheduler,
-        SD3Transformer2DModel,
-        StableDiffusion3Pipeline,
-    )
-    from transformers import CLIPTextModelWithProjection
-
-    path = tmp_path_factory.mktemp("tiny-sd3")
-    torch.manual_seed(0)
-    tokenizer = tiny_clip_tokenizer(path / "tok")
-    text_config = tiny_clip_text_config(len(tokenizer))
-    pipe = StableDiffusion3Pipeline(
-        transformer=SD3Transformer2DModel(
-            sample_size=8, patch_size=1, in_channels=4, out_channels=4, num_layers=2,
-            attention_head_dim=8, num_attention_heads=4, caption_projection_dim=32,
-            joint_attention_dim=32, pooled_projection_dim=64, pos_embed_max_size=8,
-            qk_norm="rms_norm",
-        ),
-        scheduler=FlowMatchEulerDiscreteScheduler(),
-        vae=AutoencoderKL(
-            in_channels=3, out_channels=3, block_out_channels=(4,), layers_per_block=1,
-            latent_channels=4, norm_num_groups=1, sample_size=8, use_quant_conv=False,
-            use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035,
-        ),
-        text_encoder=CLIPTextModelWithProjection(text_config),
-        tokenizer=tokenizer,
-        text_encoder_2=CLIPTextModelWithProjection(text_config),
-        tokenizer_2=tokenizer,
-        text_encoder_3=None,
-        tokenizer_3=None,
-    )
-    pipe.save_pretrained(path / "pipe")
-    return path / "pipe"
+# The tiny SD3 pipeline (tiny_sd3_dir) and CLIP model (tiny_clip_dir) are session fixtures
+# (tests/conftest.py, built by tests/tiny_pipelines.py).
 
 
 def test_pipeline_generator_loads_offline_and_is_seeded(
@@ -218,29 +148,6 @@ def test_pipeline_generator_takes_a_replacement_transformer(tiny_sd3_dir: Path) 
     )
     assert swapped.pipeline.transformer is transformer
     assert not torch.equal(base.generate(["x"], 0), swapped.generate(["x"], 0))
-
-
-@pytest.fixture(scope="module")
-def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPVisionConfig
-
-    path = tmp_path_factory.mktemp("tiny-clip")
-    torch.manual_seed(0)
-    tokenizer = tiny_clip_tokenizer(path)
-    vision = CLIPVisionConfig(
-        image_size=16, patch_size=4, hidden_size=32, intermediate_size=37,
-        num_hidden_layers=2, num_attention_heads=4, projection_dim=32,
-    )
-    config = CLIPConfig(
-        text_config=tiny_clip_text_config(len(tokenizer)).to_dict(),
-        vision_config=vision.to_dict(),
-        projection_dim=32,
-    )
-    CLIPModel(config).save_pretrained(path)
-    # The model's own processor: CLIP's pixel mean/std (its defaults) at the vision tower's size.
-    image_processor = CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16})
-    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(path)
-    return path
 
 
 def test_clip_scorer_scores_in_unit_interval(
