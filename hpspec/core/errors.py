@@ -94,3 +94,20 @@ class LayoutError(CheckpointError):
 class LoraError(HpspecError):
     """A LoRA adapter cannot be remapped through a plan: a module that does not fit the model, a
     name that is not a LoRA module, a file that is not an adapter."""
+
+
+class MissingPackageError(HpspecError):
+    """An optional package a command needs is not installed; the message names the extra that brings it."""
+
+
+class PipelineError(HpspecError):
+    """A diffusers pipeline (a directory or a hub id in the local cache) cannot be loaded, or is not one
+    hpspec measures (SD3, SD3.5, FLUX)."""
+
+
+class ScorerError(HpspecError):
+    """A scorer's model cannot be loaded, or does not fit the images it is given."""
+
+
+class PromptSetError(HpspecError):
+    """A prompt set (a text file, one prompt a line, or a JSON list of strings) is missing, malformed or empty."""
