@@ -6,6 +6,7 @@ One definition each; every module that names one of these files imports it from 
 from __future__ import annotations
 
 CONFIG_NAME = "config.json"  # a diffusers transformer's config
+MODEL_INDEX_NAME = "model_index.json"  # a diffusers pipeline root's list of components
 WEIGHTS_NAME = "diffusion_pytorch_model"  # the stem of a diffusers transformer's safetensors files
 WEIGHTS_INDEX_SUFFIX = ".safetensors.index.json"  # a sharded checkpoint's index: WEIGHTS_NAME + this
 PLAN_NAME = "plan.json"  # the plan that produced a stage directory
