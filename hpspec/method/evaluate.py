@@ -19,16 +19,20 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from hpspec.core.io import read_json_input
 from hpspec.core.paths import CONFIG_NAME
 from hpspec.demo import default_prompts, transformer_dir
+from hpspec.plan.summary import human_bytes, table
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
+
+    from hpspec.method.footprint import PeakMemory
 
 DEFAULT_SEEDS: tuple[int, ...] = (0, 1, 2, 3)
 LATENCY_KEY = "latency_s_per_image"
@@ -83,13 +87,15 @@ def evaluate(
     seeds: Sequence[int] = DEFAULT_SEEDS,
     reference: Mapping[str, Any] | None = None,
     progress: bool = False,
+    meter: PeakMemory | None = None,
 ) -> dict[str, Any]:
     """Generates every prompt once per seed, scores all images together.
 
     Returns a JSON-ready dict: the scorer's metrics (top-level keys), ``latency_s_per_image``
     (generation wall time over images), ``num_images``, ``metrics`` (the metric names), and, when
     ``reference`` (e.g. an earlier ``evaluate`` result of the unpruned model) is given,
-    ``degradation`` and ``relative_drop`` (per metric).
+    ``degradation`` and ``relative_drop`` (per metric). With a ``meter`` (``method.footprint``)
+    around the generation (not the scoring), its ``peak_memory_bytes`` and ``peak_memory_measure``.
     """
     import torch
 
@@ -100,10 +106,12 @@ def evaluate(
         from tqdm import tqdm
 
         seeds = tqdm(seeds, desc=f"generate {len(prompts)} prompts", unit="seed")
-    for seed in seeds:
-        start = time.perf_counter()
-        batches.append(generator.generate(list(prompts), seed))
-        seconds += time.perf_counter() - start
+    watch: AbstractContextManager[object] = meter if meter is not None else nullcontext()
+    with watch:
+        for seed in seeds:
+            start = time.perf_counter()
+            batches.append(generator.generate(list(prompts), seed))
+            seconds += time.perf_counter() - start
     images = torch.cat(batches)
     metrics = scorer.score(images, list(prompts) * len(seeds))
     result: dict[str, Any] = dict(metrics)
@@ -112,6 +120,8 @@ def evaluate(
         num_images=int(images.shape[0]),
         **{LATENCY_KEY: seconds / images.shape[0]},
     )
+    if meter is not None:
+        result.update(meter.result())
     if reference is not None:
         result["relative_drop"] = relative_drops(metrics, reference)
         result["degradation"] = degradation(metrics, reference)
@@ -180,4 +190,34 @@ def format_result(result: Mapping[str, Any]) -> str:
     if isinstance(latency, float) and math.isfinite(latency):
         lines.append(f"{'latency per image':<22} {1000 * latency:.2f} ms")
     lines.append(f"{'images':<22} {result.get('num_images', 0)}")
+    return "\n".join(lines)
+
+
+def format_comparison(result: Mapping[str, Any]) -> str:
+    """The paper's table columns for a terminal: each metric beside the reference's and its relative
+    drop, then `degradation X%`, latency per image, peak memory (and what was measured), parameters
+    and weight bytes, the reference's beside each where there is one."""
+    ref: Mapping[str, Any] = result.get("reference") or {}
+    drops: Mapping[str, float] = result.get("relative_drop") or {}
+    rows = [
+        [name, f"{result[name]:.4f}", f"{ref[name]:.4f}" if name in ref else "-",
+         f"{100 * drops[name]:.2f}%" if name in drops else "-"]
+        for name in result.get("metrics", [])
+    ]  # fmt: skip
+    lines = [table(rows, ["metric", "model", "reference", "drop"]), ""]
+    if "degradation" in result:
+        lines.append(f"{'degradation':<22} {100 * result['degradation']:.2f}%")
+    facts = (
+        ("latency per image", LATENCY_KEY, lambda v: f"{1000 * v:.2f} ms"),
+        ("peak memory", "peak_memory_bytes", human_bytes),
+        ("parameters", "parameters", lambda v: f"{v:,}"),
+        ("weight bytes", "weight_bytes", human_bytes),
+        ("images", "num_images", str),
+    )
+    for label, key, shown in facts:
+        if key in result:
+            against = f"   (reference {shown(ref[key])})" if key in ref else ""
+            lines.append(f"{label:<22} {shown(result[key])}{against}")
+    if "peak_memory_measure" in result:
+        lines.append(f"{'peak memory is':<22} {result['peak_memory_measure']}")
     return "\n".join(lines)

@@ -1,0 +1,259 @@
+"""eval_models: what `hpspec eval` is pointed at, loaded as a ``Generator`` on a real pipeline.
+
+``--model`` and ``--reference`` name one of three things (``model_ref``):
+
+- a stage directory hpspec wrote (``OUT/pruned``, ``OUT/distilled``, ``OUT/quantized``: plan.json beside
+  the weights), loaded by ``weights.load.load_pretrained``, which knows pruned and quantized ones;
+- a diffusers transformer directory (config.json naming an SD3 or FLUX transformer class);
+- a diffusers pipeline directory (model_index.json) or a hub id, found in the local cache when
+  ``HF_HUB_OFFLINE`` is set (``method.pipelines``).
+
+The first two are a transformer alone: ``--pipeline`` supplies the text encoders, the VAE and the
+scheduler, the transformer dropped in (``DiffusersPipelineGenerator.from_pretrained(transformer=...)``).
+torch and diffusers are imported when a model loads, so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hpspec.core.errors import TargetError, UsageError
+from hpspec.core.paths import CONFIG_NAME, MODEL_INDEX_NAME, PLAN_NAME
+from hpspec.method.evaluate import DEFAULT_SEEDS, Scorer, evaluate
+from hpspec.method.footprint import Footprint, PeakMemory, footprint
+from hpspec.method.pipelines import DiffusersPipelineGenerator, offline
+from hpspec.model.arch import class_names
+from hpspec.model.targets import read_config
+from hpspec.plan.schema import load_plan_file
+from hpspec.plan.schemes import COMPUTE, COMPUTE_DTYPES
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+STAGE, TRANSFORMER, PIPELINE = "stage", "transformer", "pipeline"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A ``--model`` or ``--reference`` value, classified: ``kind`` is STAGE, TRANSFORMER or PIPELINE."""
+
+    kind: str
+    where: str  # a directory, or a hub id (PIPELINE only)
+    option: str  # the option that named it, for messages
+
+    @property
+    def path(self) -> Path:
+        return Path(self.where)
+
+
+def model_ref(value: str, option: str = "--model") -> ModelRef:
+    """Classifies a directory by the files in it (or a hub id); anything else is a usage error."""
+    path = Path(value)
+    if path.is_dir():
+        if (path / MODEL_INDEX_NAME).is_file():
+            return ModelRef(PIPELINE, value, option)
+        if (path / PLAN_NAME).is_file():
+            return ModelRef(STAGE, value, option)
+        if (path / CONFIG_NAME).is_file() and read_config(path / CONFIG_NAME).get("_class_name") in class_names():
+            return ModelRef(TRANSFORMER, value, option)
+        stages = sorted(d.name for d in path.iterdir() if (d / PLAN_NAME).is_file())
+        hint = f"; did you mean {path / stages[-1]}? (a compile output holds {', '.join(stages)})" if stages else ""
+        raise TargetError(
+            f"{option} {value}: expected a stage directory ({PLAN_NAME}), a transformer directory ({CONFIG_NAME} "
+            f"of {' or '.join(class_names())}) or a pipeline directory ({MODEL_INDEX_NAME}){hint}"
+        )
+    if path.exists():
+        raise TargetError(f"{option} {value}: a file; expected a model directory or a hub id")
+    if value.count("/") == 1 and not value.startswith((".", "/")) and all(value.split("/")):
+        return ModelRef(PIPELINE, value, option)  # owner/name: a hub id
+    raise TargetError(f"{option} {value}: no such directory (and not a hub id of the form owner/name)")
+
+
+def require_pipeline(model: ModelRef, reference: ModelRef | None, pipeline: str | None) -> None:
+    """Before anything loads: ``--pipeline`` names a pipeline, and a transformer alone has one around it."""
+    if pipeline is not None and model_ref(pipeline, "--pipeline").kind != PIPELINE:
+        raise TargetError(f"--pipeline {pipeline}: expected a pipeline directory ({MODEL_INDEX_NAME}) or a hub id")
+    for ref in (model, reference, model_ref(pipeline, "--pipeline") if pipeline else None):
+        if ref is not None and ref.kind == PIPELINE and not ref.path.is_dir():
+            require_cached(ref)
+    for ref in (model, reference):
+        if ref is not None and ref.kind != PIPELINE and pipeline is None:
+            raise UsageError(
+                f"{ref.option} {ref.where} is a {ref.kind} directory (a transformer alone): name the pipeline "
+                "that supplies its text encoders, VAE and scheduler with --pipeline DIR_OR_ID"
+            )
+
+
+def require_cached(ref: ModelRef) -> None:
+    """Offline, a hub id must be in the local cache (its model_index.json there), said before anything loads."""
+    if not offline():
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    if not isinstance(try_to_load_from_cache(ref.where, MODEL_INDEX_NAME), str):
+        raise TargetError(
+            f"{ref.option} {ref.where}: not in the local Hugging Face cache, and HF_HUB_OFFLINE is set; "
+            "download it first (huggingface-cli download) or name a pipeline directory"
+        )
+
+
+@dataclass(frozen=True)
+class Generation:
+    """Where and how images are made: the pipeline's device and dtype, and its call's knobs."""
+
+    device: str = "cpu"
+    dtype: str | None = None  # a COMPUTE name; None: bf16 on CUDA, fp32 on the CPU (a quantized stage: its compute)
+    offload: bool = False  # enable_model_cpu_offload: components visit the GPU one at a time
+    steps: int | None = None  # None: the generator's defaults
+    guidance: float | None = None
+    size: int | None = None  # height = width; None: the pipeline's default
+    batch_size: int = 4
+
+    def __post_init__(self) -> None:
+        if self.offload and not self.device.startswith("cuda"):
+            raise UsageError("--offload moves components between the CPU and a GPU: it needs --device cuda")
+        if self.dtype is not None and self.dtype not in COMPUTE:
+            raise UsageError(f"--dtype {self.dtype}: expected one of {', '.join(COMPUTE_DTYPES)}")
+
+    def dtype_name(self) -> str:
+        return self.dtype or ("bf16" if self.device.startswith("cuda") else "fp32")
+
+    def knobs(self) -> dict[str, Any]:
+        """The DiffusersPipelineGenerator settings these options fix (the rest keep its defaults)."""
+        given = {"steps": self.steps, "guidance": self.guidance, "height": self.size, "width": self.size}
+        return {"batch_size": self.batch_size, **{k: v for k, v in given.items() if v is not None}}
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"device": self.device, "dtype": self.dtype_name(), "offload": self.offload, **self.knobs()}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    import torch
+
+    if name not in COMPUTE:
+        raise UsageError(f"--dtype {name}: expected one of {', '.join(COMPUTE_DTYPES)}")
+    dtype: torch.dtype = getattr(torch, COMPUTE[name].torch)
+    return dtype
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A generator ready to run, and the footprint of the transformer inside it."""
+
+    generator: DiffusersPipelineGenerator
+    footprint: Footprint
+    generation: Generation  # as it ran (a quantized stage fixes the dtype)
+
+
+def load_generator(model: ModelRef, pipeline: str | None, generation: Generation) -> Loaded:
+    """The model inside a pipeline: its own (PIPELINE), or ``pipeline``'s other components around it."""
+    if model.kind == PIPELINE:
+        generator = _pipeline(model.where, None, generation)
+        return Loaded(generator, footprint(generator.pipeline.transformer), generation)
+    require_pipeline(model, None, pipeline)
+    assert pipeline is not None
+    transformer, parameters, generation = _transformer(model, generation)
+    generator = _pipeline(pipeline, transformer, generation)
+    return Loaded(generator, footprint(transformer, parameters), generation)
+
+
+def _transformer(model: ModelRef, generation: Generation) -> tuple[nn.Module, int | None, Generation]:
+    """A stage or transformer directory as a module, the parameters it stands for (a stage's plan),
+    and the generation settings with the dtype a quantized stage computes in."""
+    config = read_config(model.path / CONFIG_NAME)
+    if model.kind == STAGE:
+        from hpspec.weights.load import load_pretrained  # torch
+
+        plan = load_plan_file(model.path / PLAN_NAME)
+        if "quantization_config" in config and plan.quantize is not None:
+            compute = plan.quantize.compute
+            if generation.dtype not in (None, compute):
+                raise UsageError(
+                    f"{model.option} {model.where} is quantized with compute {compute}: pass --dtype {compute} "
+                    "(or leave --dtype out)"
+                )
+            generation = replace(generation, dtype=compute)
+            return load_pretrained(model.path), plan.params.after_prune, generation
+        return load_pretrained(model.path, torch_dtype(generation.dtype_name())), plan.params.after_prune, generation
+    import diffusers
+
+    cls = getattr(diffusers, str(config["_class_name"]))
+    return cls.from_pretrained(model.where, torch_dtype=torch_dtype(generation.dtype_name())), None, generation
+
+
+def _pipeline(where: str, transformer: nn.Module | None, generation: Generation) -> DiffusersPipelineGenerator:
+    generator = DiffusersPipelineGenerator.from_pretrained(
+        where,
+        transformer=transformer,
+        dtype=torch_dtype(generation.dtype_name()),
+        device=None if generation.offload else generation.device,
+        **generation.knobs(),
+    )
+    if generation.offload:
+        generator.pipeline.enable_model_cpu_offload(device=generation.device)
+    return generator
+
+
+def release(loaded: Loaded | None) -> None:
+    """Drops a generator's pipeline so that the next model loads into the memory it held."""
+    if loaded is None:
+        return
+    loaded.generator.pipeline = None
+    gc.collect()
+    if loaded.generation.device.startswith("cuda"):
+        import torch
+
+        torch.cuda.empty_cache()
+
+
+def describe(model: ModelRef, pipeline: str | None) -> Mapping[str, str]:
+    """What was evaluated, for the JSON: the model, its kind, and the pipeline around it."""
+    around = {"pipeline": pipeline} if model.kind != PIPELINE and pipeline else {}
+    return {"model": model.where, "kind": model.kind, **around}
+
+
+def evaluate_models(
+    model: ModelRef,
+    scorer: Scorer,
+    prompts: Sequence[str],
+    *,
+    reference: ModelRef | None = None,
+    pipeline: str | None = None,
+    seeds: Sequence[int] = DEFAULT_SEEDS,
+    generation: Generation = Generation(),
+    progress: bool = False,
+) -> dict[str, Any]:
+    """``evaluate`` on real pipelines: the reference first (when given), then the model, one loaded at a
+    time, each with its peak memory during generation, parameters and weight bytes; the result holds
+    the reference's own result under ``reference`` and, against it, ``relative_drop`` and ``degradation``."""
+    ref = _measured(reference, None, scorer, prompts, seeds, pipeline, generation, progress) if reference else None
+    result = _measured(model, ref, scorer, prompts, seeds, pipeline, generation, progress)
+    if ref is not None:
+        result["reference"] = ref
+    return result
+
+
+def _measured(
+    model: ModelRef,
+    reference: Mapping[str, Any] | None,
+    scorer: Scorer,
+    prompts: Sequence[str],
+    seeds: Sequence[int],
+    pipeline: str | None,
+    generation: Generation,
+    progress: bool,
+) -> dict[str, Any]:
+    loaded = load_generator(model, pipeline, generation)
+    try:
+        meter = PeakMemory(generation.device)
+        result = evaluate(loaded.generator, scorer, prompts, seeds, reference, progress, meter=meter)
+    finally:
+        release(loaded)
+    result.update(loaded.footprint.as_dict(), **describe(model, pipeline))
+    result["settings"] = {**loaded.generation.as_dict(), "seeds": list(seeds), "prompts": len(prompts)}
+    return result
