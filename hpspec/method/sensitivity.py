@@ -13,8 +13,9 @@ JSON:
     entries: [{stack, block, part (null: whole block), score, delta}], delta = full_score - score (ΔP)
     cosine: [{stack, block, value}]: a block's input-output cosine similarity (KOALA, ShortGPT)
 Added fields (schema v1 only grows): entries[].metrics and full_metrics, the metrics behind a
-measured score; probes: [{stack, block, cosine, mse, cka, calls}], the cheap probes of one pass
-(`hpspec analyze --probe`; a measure not asked for is null).
+measured score; probes: [{stack, block, part, cosine, mse, cka, calls}], the cheap probes of one
+pass (`hpspec analyze --probe`; a measure not asked for is null; `part` null for a block's own
+input-output probes, else that part's residual contribution).
 """
 
 from __future__ import annotations
@@ -62,6 +63,9 @@ class Probe:
     mse: float | None = None  # mean squared change, output minus input
     cka: float | None = None  # linear CKA between input and output
     calls: int = 0  # the block's calls averaged over
+    # Added in schema v1: a part's residual contribution (the block's output with the part against
+    # without it, on the same inputs); None: the block's own input-output probes.
+    part: str | None = None
 
 
 @dataclass(frozen=True)
