@@ -16,5 +16,6 @@ REPORT_NAME = "report.html"  # a stage directory's report page
 SCALES_NAME = "scales.json"  # a distill stage's SGDistill update scales
 SINGLE_FILE_NAME = "transformer"  # the stem of a stage's one .safetensors or .gguf file in a single-file layout
 SAFETENSORS_SUFFIX = ".safetensors"
+EMBEDDINGS_CACHE_PREFIX = ".hpspec-embeds-"  # + digest + SAFETENSORS_SUFFIX: analyze's prompt embeddings, in -o's folder
 GGUF_SUFFIX = ".gguf"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")  # torch.save files: refused, never read
