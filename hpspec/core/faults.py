@@ -29,6 +29,7 @@ POINTS = (
     "stage.before_rename",  # the temporary directory is complete and synced
     "stage.after_set_aside",  # (--force over an existing output) the old output is moved aside
     "stage.after_rename",  # the new output is in place; the old one (if any) is not yet deleted
+    "analyze.after_entry",  # (analyze) an entry's line is appended to the .partial file and synced
 )
 
 
