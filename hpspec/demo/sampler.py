@@ -87,7 +87,8 @@ def to_unit(x: torch.Tensor) -> torch.Tensor:
 
 
 class DemoGenerator:
-    """Prompts + seed -> (N, 1, 8, 8) float images in [0, 1], for any demo-shaped transformer.
+    """Prompts + seed -> (N, C, H, W) float images in [0, 1] (the digits: (N, 1, 8, 8)), for any
+    demo-shaped transformer: the image shape is its config's.
 
     A pruned transformer can be passed in; `skip_layers` removes whole blocks at run time through
     diffusers' own forward argument (an independent reference for block removal).
@@ -126,6 +127,13 @@ class DemoGenerator:
             batch_size=self.batch_size,
         )
 
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of what the transformer draws, from its config (the digit demo's if it has none)."""
+        config = getattr(self.transformer, "config", None)
+        channels = int(getattr(config, "in_channels", CHANNELS))
+        side = int(getattr(config, "sample_size", IMAGE_SIZE))
+        return channels, side, side
+
     def _device_dtype(self) -> tuple[torch.device, torch.dtype]:
         param = next(self.transformer.parameters())
         return param.device, param.dtype
@@ -135,7 +143,7 @@ class DemoGenerator:
         n = len(prompts)
         # All noise drawn up front on the CPU: images do not depend on batch_size or device.
         gen = torch.Generator().manual_seed(seed)
-        noise = torch.randn((n, CHANNELS, IMAGE_SIZE, IMAGE_SIZE), generator=gen)
+        noise = torch.randn((n, *self.image_shape()), generator=gen)
         cond = self.encoder.encode(prompts)
         uncond = self.encoder.unconditional(n)
         chunks = []

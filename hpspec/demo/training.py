@@ -60,12 +60,17 @@ class PromptBank:
         """A random template per label; with probability `dropout`, the empty prompt instead."""
         n = labels.shape[0]
         rows = labels * self.templates + torch.randint(0, self.templates, (n,), generator=gen)
-        text = self.text.index(rows)
-        drop = (torch.rand(n, generator=gen) < dropout).view(n, 1)
-        return TextEncoding(
-            torch.where(drop.view(n, 1, 1), self.empty.states, text.states),
-            torch.where(drop, self.empty.pooled, text.pooled),
-        )
+        return drop_condition(self.text.index(rows), self.empty, dropout, gen)
+
+
+def drop_condition(text: TextEncoding, empty: TextEncoding, dropout: float, gen: torch.Generator) -> TextEncoding:
+    """Each row replaced by the empty prompt with probability `dropout` (CFG's unconditional branch)."""
+    n = len(text)
+    drop = (torch.rand(n, generator=gen) < dropout).view(n, 1)
+    return TextEncoding(
+        torch.where(drop.view(n, 1, 1), empty.states, text.states),
+        torch.where(drop, empty.pooled, text.pooled),
+    )
 
 
 def lr_factor(step: int, cfg: TransformerTraining) -> float:
@@ -106,23 +111,32 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
         e.lerp_(p, 1 - decay)
 
 
-def train_transformer(
-    cfg: TransformerTraining, encoder: TextEncoder, log: Log = print
+# One training example batch: rows of the data set -> (images in [-1, 1], their conditions).
+Examples = Callable[[torch.Tensor, torch.Generator], tuple[torch.Tensor, TextEncoding]]
+Checkpoint = Callable[[nn.Module, int], None]
+
+
+def train_flow(
+    cfg: TransformerTraining,
+    model: nn.Module,
+    n_examples: int,
+    examples: Examples,
+    log: Log = print,
+    checkpoint: Checkpoint | None = None,
+    checkpoint_every: int = 0,
 ) -> tuple[nn.Module, dict[str, float]]:
-    """Trains the demo transformer; returns its EMA copy and a short record."""
-    torch.manual_seed(cfg.seed)
-    model = build_transformer().train()
+    """Rectified-flow training of `model` on `n_examples` (any data set); returns its EMA copy and a
+    short record. `checkpoint(ema, step)` is called every `checkpoint_every` steps (0: never)."""
+    model = model.train()
     ema = copy.deepcopy(model).eval().requires_grad_(False)
-    images, labels = digits_model_space()
-    bank = PromptBank.build(encoder)
     gen = torch.Generator().manual_seed(cfg.seed)
-    batches = EpochSampler(images.shape[0], cfg.batch_size, gen)
+    batches = EpochSampler(n_examples, cfg.batch_size, gen)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
     start, running, last_loss = time.perf_counter(), 0.0, float("nan")
     for step in range(cfg.steps):
-        rows = batches.next()
-        loss = flow_matching_loss(model, images[rows], bank.draw(labels[rows], cfg.cond_dropout, gen), gen)
+        x0, text = examples(batches.next(), gen)
+        loss = flow_matching_loss(model, x0, text, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -134,8 +148,25 @@ def train_transformer(
             elapsed = time.perf_counter() - start
             log(f"step {step + 1}/{cfg.steps} loss {running / cfg.log_every:.4f} {elapsed:.0f}s")
             last_loss, running = running / cfg.log_every, 0.0
+        if checkpoint is not None and checkpoint_every and (step + 1) % checkpoint_every == 0:
+            checkpoint(ema, step + 1)
     seconds = time.perf_counter() - start
     return ema, {"seconds": seconds, "final_loss": last_loss}
+
+
+def train_transformer(
+    cfg: TransformerTraining, encoder: TextEncoder, log: Log = print
+) -> tuple[nn.Module, dict[str, float]]:
+    """Trains the demo transformer; returns its EMA copy and a short record."""
+    torch.manual_seed(cfg.seed)
+    model = build_transformer()
+    images, labels = digits_model_space()
+    bank = PromptBank.build(encoder)
+
+    def examples(rows: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, TextEncoding]:
+        return images[rows], bank.draw(labels[rows], cfg.cond_dropout, gen)
+
+    return train_flow(cfg, model, images.shape[0], examples, log)
 
 
 def train_classifier(seed: int = 0, epochs: int = 600, log: Log = print) -> tuple[DigitClassifier, dict[str, float]]:

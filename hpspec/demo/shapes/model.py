@@ -1,0 +1,45 @@
+"""The shapes demo transformer: a 12-block SD3.5-style MMDiT on 32x32 RGB scenes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from diffusers import SD3Transformer2DModel
+
+from hpspec.demo.shapes.paths import transformer_dir
+from hpspec.demo.shapes.scenes import IMAGE_SIZE
+from hpspec.demo.text import EMBED_DIM
+
+CHANNELS = 3
+PATCH = 4
+
+# 4 heads x 16 = 64 wide, like the digit demo; 32x32 pixels in 4x4 patches give 64 image tokens
+# beside the 16 text tokens.
+TRANSFORMER_CONFIG: dict[str, Any] = {
+    "sample_size": IMAGE_SIZE,
+    "patch_size": PATCH,
+    "in_channels": CHANNELS,
+    "out_channels": CHANNELS,
+    "num_layers": 12,
+    "attention_head_dim": 16,
+    "num_attention_heads": 4,
+    "joint_attention_dim": EMBED_DIM,
+    "caption_projection_dim": 64,
+    "pooled_projection_dim": EMBED_DIM,
+    "pos_embed_max_size": IMAGE_SIZE // PATCH,
+    "qk_norm": "rms_norm",
+}
+
+
+def build_transformer(**overrides: Any) -> SD3Transformer2DModel:
+    """A freshly initialised shapes transformer (the training script's starting point)."""
+    return SD3Transformer2DModel(**{**TRANSFORMER_CONFIG, **overrides})
+
+
+def load_shapes_transformer(path: str | Path | None = None) -> SD3Transformer2DModel:
+    """The shipped (or another plain diffusers) shapes transformer directory, eval mode, fp32, CPU."""
+    import torch
+
+    model = SD3Transformer2DModel.from_pretrained(path or transformer_dir(), torch_dtype=torch.float32)
+    return model.eval()
