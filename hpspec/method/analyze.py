@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from hpspec.core.errors import PlanError
 from hpspec.core.io import write_text_atomic
+from hpspec.demo.models import DIGITS, DemoModel
 from hpspec.lang.parse import parse
 from hpspec.method.evaluate import Generator, Scorer, evaluate
 from hpspec.method.probes import probe_recorder
@@ -302,20 +303,21 @@ def probe_analysis(subject: Subject, settings: Settings, names: Sequence[str], o
 
 
 def demo_subject(
-    model_dir: Path | None = None, steps: int | None = None, guidance: float | None = None
+    model_dir: Path | None = None,
+    steps: int | None = None,
+    guidance: float | None = None,
+    model: DemoModel = DIGITS,
 ) -> tuple[Subject, dict[str, Any]]:
-    """The embedded demo (or a demo-shaped directory) with its digit scorer."""
+    """An embedded demo (`model`, the digits by default; or a directory shaped like it) with its scorer."""
     # torch, diffusers and the text encoder: imported when a demo is loaded
-    from hpspec.demo.model import load_demo_transformer
-    from hpspec.demo.sampler import DEFAULT_GUIDANCE, DEFAULT_STEPS, DemoGenerator
-    from hpspec.demo.scorer import DemoScorer
+    from hpspec.demo.sampler import DemoGenerator
     from hpspec.demo.text import load_text_encoder
 
-    transformer = load_demo_transformer(model_dir)
+    transformer = model.load_transformer(model_dir)
     encoder = load_text_encoder()
-    knobs = {"steps": steps or DEFAULT_STEPS, "guidance": guidance if guidance is not None else DEFAULT_GUIDANCE}
+    knobs = {"steps": steps or model.steps, "guidance": guidance if guidance is not None else model.guidance}
 
     def generator_for(module: nn.Module) -> Generator:
         return DemoGenerator(module, encoder, **knobs)
 
-    return Subject("demo", transformer, generator_for, DemoScorer(), "demo-digits"), knobs
+    return Subject(model.subject, transformer, generator_for, model.make_scorer(), model.scorer_label), knobs
