@@ -7,17 +7,19 @@ import os
 import shlex
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from hpspec.cli.subjects import demo_dir, prompt_list
+from hpspec.cli.subjects import demo_dir, is_pipeline, prompt_list
 from hpspec.core.errors import SpecError, UsageError
 from hpspec.core.io import read_json_input, write_text_atomic
 from hpspec.lang.parse import parse
-from hpspec.method.analyze import Settings, analyze, demo_subject, probe_analysis
+from hpspec.method.analyze import Settings, Subject, analyze, demo_subject, probe_analysis
 from hpspec.method.distill.loop import process_state
+from hpspec.method.pipelines import DTYPES, Sampling
 from hpspec.method.probes import parse_probes
+from hpspec.method.scorers import scorer_from_spec
 from hpspec.method.sensitivity import check_table_fits, import_reference, load_table
 from hpspec.method.suggest import Suggestion, render_spec, suggest
 from hpspec.model.graph import ModelGraph
@@ -30,17 +32,32 @@ if TYPE_CHECKING:
 
 def register(commands: argparse._SubParsersAction) -> None:
     analyze = commands.add_parser("analyze", help="measure (or import) what removing each block and part costs")
-    analyze.add_argument("--model", help="the model to measure: `demo` or a demo-shaped transformer directory")
+    analyze.add_argument(
+        "--model",
+        help="`demo`, a demo-shaped transformer directory, or an SD3/SD3.5/FLUX pipeline (directory or hub id)",
+    )
     analyze.add_argument("--parts", action="store_true", help="also remove each part of each block")
-    analyze.add_argument("--probe", metavar="NAMES", help="one pass, no removals: cosine,mse,cka per block")
-    analyze.add_argument("--prompts", metavar="FILE", help="one prompt a line (default: the demo's fixed set)")
-    analyze.add_argument("--seeds", type=int, default=1, help="seeds per prompt (0, 1, ...)")
+    analyze.add_argument("--probe", metavar="NAMES", help="one pass, no removals: cosine,mse,cka per block and part")
+    analyze.add_argument(
+        "--scorer", help="clip=DIR_OR_ID, pickscore=DIR_OR_ID, hpsv2, imagereward or demo (with --import-reference: "
+        "the metric the table measured, default hpsv2)",
+    )  # fmt: skip
+    analyze.add_argument("--prompts", metavar="FILE", help="one prompt a line, or a JSON list (default: the demo's)")
+    analyze.add_argument("--take", type=int, metavar="N", help="a seeded sample of N prompts of --prompts")
+    analyze.add_argument("--seed", type=int, default=0, help="the seed of --take's sample")
+    analyze.add_argument("--seeds", type=int, default=1, help="generation seeds per prompt (0, 1, ...)")
     analyze.add_argument("--steps", type=int, help="sampling steps (default: the generator's)")
+    analyze.add_argument("--guidance", type=float, help="guidance scale (default: the generator's)")
+    analyze.add_argument("--size", type=int, help="image side in pixels (pipelines; default: the pipeline's)")
+    analyze.add_argument("--batch-size", type=int, default=4, help="images per pipeline call (pipelines)")
+    analyze.add_argument("--max-sequence-length", type=int, help="T5 tokens (pipelines; default: the pipeline's)")
+    analyze.add_argument("--device", help="where the pipeline runs, e.g. cuda (pipelines)")
+    analyze.add_argument("--dtype", choices=tuple(DTYPES), help="the pipeline's weights (pipelines)")
+    analyze.add_argument("--offload", action="store_true", help="enable_model_cpu_offload (pipelines)")
     analyze.add_argument(
         "--import-reference", metavar="FILE", help="the reference code's released table (BLOCK<tab>PART: score)"
     )
     analyze.add_argument("--full-score", type=float, help="the unpruned model's score (with --import-reference)")
-    analyze.add_argument("--scorer", default="hpsv2", help="the metric the imported table measured")
     analyze.add_argument("--target", help="the model the table was measured on")
     analyze.add_argument("-o", "--output", required=True, help="the table to write (JSON)")
     analyze.set_defaults(handler=cmd_analyze)
@@ -65,7 +82,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         raise UsageError("hpspec analyze --import-reference needs --full-score and --target")
     graph = resolve_target(args.target, Path("."))
     data = read_json_input(Path(args.import_reference), "reference sensitivity table")
-    report = import_reference(data, graph, args.full_score, args.import_reference, args.scorer)
+    report = import_reference(data, graph, args.full_score, args.import_reference, args.scorer or "hpsv2")
     for skipped in report.skipped:
         sys.stderr.write(f"warning: skipped {skipped}\n")
     write_text_atomic(Path(args.output), report.table.to_json())
@@ -166,19 +183,58 @@ def _relative(path: Path, output: Path | None) -> str:
     return Path(os.path.relpath(path.resolve(), base.resolve())).as_posix()
 
 
+PIPELINE_ONLY = ("size", "max_sequence_length", "device", "dtype", "offload")
+
+
 def _measure(args: argparse.Namespace) -> int:
     if args.model is None:
-        raise UsageError("hpspec analyze: give --model (demo or a directory), or --import-reference FILE")
+        raise UsageError("hpspec analyze: give --model (demo, a directory or a hub id), or --import-reference FILE")
     probes = parse_probes(args.probe) if args.probe is not None else None  # before any model loads
-    subject, knobs = demo_subject(demo_dir(args.model), steps=args.steps)
-    settings = Settings(prompt_list(args.prompts), list(range(args.seeds)), args.parts, knobs)
-    if probes is not None:
-        probed = probe_analysis(subject, settings, probes, Path(args.output))
-        sys.stderr.write(f"wrote {args.output}: probes of {len(probed.probes)} blocks\n")
-        return 0
+    prompts = prompt_list(args.prompts, args.take, args.seed)
+    output = Path(args.output)
+    if not output.parent.is_dir():
+        raise UsageError(f"-o {output}: the folder {output.parent} does not exist")
     state = process_state()
-    table = analyze(subject, settings, Path(args.output), rank=state.process_index, world=state.num_processes,
+    if is_pipeline(args.model):
+        subject, knobs = _pipeline_subject(args, probes, prompts, output, state)
+    else:
+        subject, knobs = _demo_subject(args, probes)
+    settings = Settings(prompts, list(range(args.seeds)), args.parts, knobs)
+    if probes is not None:
+        probed = probe_analysis(subject, settings, probes, output)
+        parts = sum(p.part is not None for p in probed.probes)
+        sys.stderr.write(f"wrote {args.output}: probes of {len(probed.probes) - parts} blocks and {parts} parts\n")
+        return 0
+    table = analyze(subject, settings, output, rank=state.process_index, world=state.num_processes,
                     barrier=state.wait_for_everyone)  # fmt: skip
     if table is not None:
         sys.stderr.write(f"wrote {args.output}: {len(table.entries)} entries, full score {table.full_score:.4f}\n")
     return 0
+
+
+def _demo_subject(args: argparse.Namespace, probes: tuple[str, ...] | None) -> tuple[Subject, dict[str, Any]]:
+    given = [f"--{name.replace('_', '-')}" for name in PIPELINE_ONLY if getattr(args, name) not in (None, False)]
+    if given:
+        raise UsageError(f"{given[0]} applies to SD3/FLUX pipelines, not to the demo model {args.model}")
+    named = scorer_from_spec(args.scorer) if args.scorer not in (None, "demo") and probes is None else None
+    subject, knobs = demo_subject(demo_dir(args.model), steps=args.steps, guidance=args.guidance)
+    if named is not None:
+        subject = replace(subject, scorer=named.scorer, scorer_name=named.name)
+        knobs = {**knobs, "scorer": named.name}
+    return subject, knobs
+
+
+def _pipeline_subject(
+    args: argparse.Namespace, probes: tuple[str, ...] | None, prompts: list[str], output: Path, state: Any
+) -> tuple[Subject, dict[str, Any]]:
+    from hpspec.method.pipeline_subject import PipelineRequest, pipeline_subject
+
+    if probes is None and args.scorer is None:
+        raise UsageError(f"hpspec analyze --model {args.model}: give --scorer (clip=DIR_OR_ID, pickscore=..., hpsv2, "
+                         "imagereward), or --probe cosine,mse,cka")  # fmt: skip
+    named = scorer_from_spec(args.scorer, device=args.device) if probes is None else None
+    sampling = Sampling(args.steps, args.guidance, args.size, args.batch_size)
+    request = PipelineRequest(args.model, sampling, args.device, args.dtype, args.offload, args.max_sequence_length)
+    scorer, name = (named.scorer, named.name) if named is not None else (None, "none (probes only)")
+    return pipeline_subject(request, scorer, name, prompts, output, rank=state.process_index,
+                            barrier=state.wait_for_everyone)  # fmt: skip

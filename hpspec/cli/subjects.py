@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from hpspec.core.errors import UsageError
-from hpspec.demo import default_prompts, read_prompts
+from hpspec.core.paths import MODEL_INDEX_NAME
+from hpspec.demo import default_prompts
 from hpspec.method.evaluate import is_demo_transformer
+from hpspec.method.prompt_sets import prompt_set
 from hpspec.model.targets import DEMO
 
 
@@ -17,11 +19,24 @@ def demo_dir(model: str) -> Path | None:
     path = Path(model)
     if not is_demo_transformer(path):
         raise UsageError(
-            f"{model}: not a demo-shaped transformer directory; measuring SD3/FLUX needs their pipeline and a "
-            "CLIP scorer (hpspec.method.pipelines, hpspec.method.scorers) through the Python API"
+            f"{model}: neither a demo-shaped transformer directory nor a diffusers pipeline directory "
+            f"(no {MODEL_INDEX_NAME}); for SD3/FLUX give the pipeline's directory or hub id"
         )
     return path
 
 
-def prompt_list(path: str | None) -> list[str]:
-    return read_prompts(path) if path else default_prompts()
+def is_pipeline(model: str) -> bool:
+    """A diffusers pipeline directory (model_index.json), or a hub id (`owner/name`, no such path here)."""
+    path = Path(model)
+    if path.is_dir():
+        return (path / MODEL_INDEX_NAME).is_file()
+    return not path.exists() and model.count("/") == 1 and model != DEMO and not model.startswith((".", "/"))
+
+
+def prompt_list(path: str | None, take: int | None = None, seed: int = 0) -> list[str]:
+    """--prompts FILE (a text file or a JSON list), --take N of it by --seed; the demo's prompts without a file."""
+    if path is None:
+        if take is not None:
+            raise UsageError("--take N samples --prompts FILE; give the file")
+        return default_prompts()
+    return prompt_set(path, take, seed)

@@ -14,6 +14,7 @@ rank 0 merges the shares and writes the table.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -22,6 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hpspec.core import faults
 from hpspec.core.errors import PlanError
 from hpspec.core.io import write_text_atomic
 from hpspec.demo.models import DIGITS, DemoModel
@@ -146,8 +148,22 @@ def score_of(metrics: dict[str, float]) -> float:
 
 
 def measure(subject: Subject, settings: Settings) -> dict[str, float]:
-    result = evaluate(subject.generator_for(subject.transformer), subject.scorer, settings.prompts, settings.seeds)
-    return {name: float(result[name]) for name in result["metrics"]}
+    """The scorer's metrics over every prompt and seed. A generator that yields `batches` and a
+    scorer whose metrics are means over images (`per_image`) are scored batch by batch as the images
+    come, none kept; otherwise all images are scored together."""
+    generator = subject.generator_for(subject.transformer)
+    batches = getattr(generator, "batches", None)
+    if batches is None or not getattr(subject.scorer, "per_image", False):
+        result = evaluate(generator, subject.scorer, settings.prompts, settings.seeds)
+        return {name: float(result[name]) for name in result["metrics"]}
+    sums: dict[str, float] = {}
+    count = 0
+    for seed in settings.seeds:
+        for images, prompts in batches(settings.prompts, seed):
+            for name, value in subject.scorer.score(images, prompts).items():
+                sums[name] = sums.get(name, 0.0) + float(value) * len(prompts)
+            count += len(prompts)
+    return {name: total / count for name, total in sorted(sums.items())}
 
 
 def analyze(
@@ -177,6 +193,7 @@ def analyze(
         with swapped(subject.transformer, removal_plan(graph, removal)):
             metrics = measure(subject, settings)
         _append(partial, digest, removal.key, {"metrics": metrics})
+        faults.point("analyze.after_entry", partial)
         done[removal.key] = {"metrics": metrics}
     barrier()
     if rank != 0:
@@ -275,13 +292,15 @@ def probe_analysis(subject: Subject, settings: Settings, names: Sequence[str], o
     """One generation pass over the prompt set with probe hooks -> a table of probes (no entries).
 
     With `cosine` among the names the table's `cosine` field is filled too (same values), so
-    `suggest --method koala` ranks by it. The table has no scorer, so its `full_score` is 0.
+    `suggest --method koala` ranks by it. With `settings.parts`, each part's residual contribution
+    follows its block's row. The table has no scorer, so its `full_score` is 0.
     """
     import torch
 
     graph = graph_from_module(subject.transformer, subject.name)
     generator = subject.generator_for(subject.transformer)
-    with probe_recorder(subject.transformer, graph, names) as probes, torch.no_grad():
+    parts = part_swaps(subject.transformer, graph) if settings.parts else None
+    with probe_recorder(subject.transformer, graph, names, parts) as probes, torch.no_grad():
         for seed in settings.seeds:
             generator.generate(settings.prompts, seed)
     measured = probes()
@@ -291,11 +310,21 @@ def probe_analysis(subject: Subject, settings: Settings, names: Sequence[str], o
         settings={**settings.as_dict(), "probes": list(names)},
         full_score=0.0,
         entries=[],
-        cosine=[Cosine(p.stack, p.block, p.cosine) for p in measured if p.cosine is not None],
+        cosine=[Cosine(p.stack, p.block, p.cosine) for p in measured if p.cosine is not None and p.part is None],
         probes=measured,
     )
     write_text_atomic(output, table.to_json())
     return table
+
+
+def part_swaps(transformer: nn.Module, graph: ModelGraph) -> dict[tuple[str, int], list[tuple[str, Any]]]:
+    """For each block, each part's in-place swap (its one-line spec's plan, compiled once)."""
+    swaps: dict[tuple[str, int], list[tuple[str, Any]]] = {}
+    for removal in removals(graph, parts=True):
+        if removal.part is not None:
+            swap = functools.partial(swapped, transformer, removal_plan(graph, removal))
+            swaps.setdefault((removal.stack, removal.block), []).append((removal.part, swap))
+    return swaps
 
 
 # --------------------------------------------------------------------------------------------

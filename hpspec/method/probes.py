@@ -5,11 +5,18 @@ Forward hooks on every block see its input and output image stream and record, p
 mean squared change, output minus input, over every element: how Flux.1-Lite chose its blocks) and
 `cka` (linear CKA between input and output, rows = every token of every image: PPCL). Each block's
 value is the mean over its calls (sampling steps), as docs/sensitivity.md says.
+
+Per part (``parts``): a part's residual contribution. At each call the block runs again on the same
+inputs with that one part swapped for its stand-in (what `drop block[i].part` compiles to; the
+caller gives the swap), and the same three measures compare the block's real output with that
+output: every stream it returns (text and image tokens, concatenated along tokens). A part that
+adds nothing scores cosine 1, mse 0, CKA 1.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from hpspec.core.diagnostics import did_you_mean
@@ -65,6 +72,19 @@ def linear_cka(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(cross / ((x.T @ x).norm() * (y.T @ y).norm()))
 
 
+def joined(output: Any) -> torch.Tensor:
+    """Every stream a block returns (a tensor, or a (text, image) tuple with None for a missing one),
+    concatenated along tokens."""
+    import torch
+
+    streams = [t for t in (output if isinstance(output, tuple) else (output,)) if t is not None]
+    return streams[0] if len(streams) == 1 else torch.cat(streams, dim=-2)
+
+
+# (stack, block) -> [(part word, a context manager that swaps that part out of the live transformer)]
+PartSwaps = Mapping[tuple[str, int], Sequence[tuple[str, Callable[[], AbstractContextManager[Any]]]]]
+
+
 MEASURES: dict[str, Callable[[Any, Any], float]] = {
     "cosine": mean_cosine,
     "mse": mean_squared_change,
@@ -73,36 +93,62 @@ MEASURES: dict[str, Callable[[Any, Any], float]] = {
 
 
 class probe_recorder:
-    """Forward hooks on every block; `()` returns one Probe per block, each measure averaged over calls."""
+    """Forward hooks on every block; `()` returns one Probe per block (then one per part given in
+    `parts`), each measure averaged over calls."""
 
-    def __init__(self, transformer: nn.Module, graph: ModelGraph, names: Sequence[str] = PROBES):
+    def __init__(
+        self, transformer: nn.Module, graph: ModelGraph, names: Sequence[str] = PROBES, parts: PartSwaps | None = None
+    ):
         self.transformer, self.graph, self.names = transformer, graph, tuple(names)
-        self.calls: dict[tuple[str, int], list[dict[str, float]]] = {}
+        self.parts = dict(parts or {})
+        self.calls: dict[tuple[str, int, str | None], list[dict[str, float]]] = {}
         self.handles: list[Any] = []
+        self.rerunning = False
 
     def __enter__(self) -> Callable[[], list[Probe]]:
         for stack in self.graph.stacks:
             for index, module in enumerate(self.transformer.get_submodule(stack.module)):
-                self.handles.append(module.register_forward_hook(self._hook(stack.name, index), with_kwargs=True))
+                hook = self._hook(stack.name, stack.module, index)
+                self.handles.append(module.register_forward_hook(hook, with_kwargs=True))
         return self.values
 
     def __exit__(self, *exc: object) -> None:
         for handle in self.handles:
             handle.remove()
 
-    def _hook(self, stack: str, index: int) -> Callable[..., None]:
+    def _record(self, key: tuple[str, int, str | None], a: Any, b: Any) -> None:
+        self.calls.setdefault(key, []).append({name: MEASURES[name](a, b) for name in self.names})
+
+    def _hook(self, stack: str, module_path: str, index: int) -> Callable[..., None]:
         def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+            if self.rerunning:  # the block's own run without a part: not a call to record
+                return
             streams = block_streams(args, kwargs, output)
             if streams is not None:
-                call = {name: MEASURES[name](*streams) for name in self.names}
-                self.calls.setdefault((stack, index), []).append(call)
+                self._record((stack, index, None), *streams)
+            for word, swap in self.parts.get((stack, index), ()):
+                self.rerunning = True
+                try:
+                    with swap():  # the block object itself may be replaced (a converted last block)
+                        without = self.transformer.get_submodule(f"{module_path}.{index}")(*args, **kwargs)
+                finally:
+                    self.rerunning = False
+                self._record((stack, index, word), joined(output), joined(without))
 
         return hook
 
     def values(self) -> list[Probe]:
+        """Block rows in model order, each followed by its part rows in the order they were given."""
         order = {s.name: i for i, s in enumerate(self.graph.stacks)}
+        words = {key: [w for w, _ in swaps] for key, swaps in self.parts.items()}
+
+        def position(key: tuple[str, int, str | None]) -> tuple[int, int, int]:
+            stack, block, part = key
+            rank = -1 if part is None else words.get((stack, block), []).index(part)
+            return order[stack], block, rank
+
         probes = []
-        for (stack, block), calls in sorted(self.calls.items(), key=lambda kv: (order[kv[0][0]], kv[0][1])):
+        for (stack, block, part), calls in sorted(self.calls.items(), key=lambda kv: position(kv[0])):
             mean = {name: sum(c[name] for c in calls) / len(calls) for name in self.names}
-            probes.append(Probe(stack, block, mean.get("cosine"), mean.get("mse"), mean.get("cka"), len(calls)))
+            probes.append(Probe(stack, block, mean.get("cosine"), mean.get("mse"), mean.get("cka"), len(calls), part))
         return probes

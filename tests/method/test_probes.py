@@ -87,7 +87,7 @@ def test_probes_equal_a_direct_computation(subject, tmp_path: Path) -> None:
     assert len({round(p.mse, 6) for p in table.probes}) > 1  # blocks differ
     assert load_table(out) == table  # the added fields round-trip
     data = json.loads(out.read_text())
-    assert set(data["probes"][0]) == {"stack", "block", "cosine", "mse", "cka", "calls"}
+    assert set(data["probes"][0]) == {"stack", "block", "part", "cosine", "mse", "cka", "calls"}
 
 
 def test_only_the_probes_asked_for(subject, tmp_path: Path) -> None:
