@@ -19,6 +19,7 @@ from hpspec.demo import default_prompts  # noqa: E402
 from hpspec.method.analyze import Settings, demo_subject, probe_analysis  # noqa: E402
 from hpspec.method.probes import parse_probes  # noqa: E402
 from hpspec.method.sensitivity import load_table  # noqa: E402
+from hpspec.model.graph import graph_from_module  # noqa: E402
 
 PROMPTS = default_prompts()[::8][:3]
 
@@ -116,3 +117,96 @@ def test_cli_probe_pass_feeds_koala(cli, tmp_path: Path) -> None:
     best = max(table.probes, key=lambda p: p.cosine or 0.0)
     assert f"drop block[{best.block}]" in spec.read_text()
     assert cli("analyze", "--model", "demo", "--probe", "cosin", "-o", tmp_path / "x.json").code == 2
+
+
+# --------------------------------------------------------------------------------------------
+# Real pipelines: block rows and per-part residual contributions
+
+
+def _joined(output) -> torch.Tensor:
+    streams = [t for t in (output if isinstance(output, tuple) else (output,)) if t is not None]
+    return torch.cat(streams, dim=-2)
+
+
+def test_pipeline_probes_equal_a_direct_computation(tiny_flux_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """FLUX from the CLI (`--probe --parts`): the test captures every block's call (its arguments and
+    outputs) over the pipeline's OWN generation (prompts encoded inside __call__), computes block
+    rows from input and output, and part rows by running that block of `hpspec.apply`'s pruned model
+    (the one-line spec, on a freshly loaded transformer) on the captured arguments."""
+    from diffusers import FluxTransformer2DModel
+
+    from hpspec.cli.app import main
+    from hpspec.lang.parse import parse
+    from hpspec.method.pipelines import DiffusersPipelineGenerator
+    from hpspec.plan.check import check
+    from hpspec.plan.compile import compile_plan
+    from hpspec.weights.prune import apply
+    from tests.tiny_pipelines import SIZE, TEXT_TOKENS
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a cat\na red bird\n")
+    out = tmp_path / "probes.json"
+    flags = ["--steps", "2", "--guidance", "3.5", "--size", str(SIZE), "--max-sequence-length", str(TEXT_TOKENS)]
+    assert main(["analyze", "--model", str(tiny_flux_dir), "--probe", "cosine,mse,cka", "--parts",
+                 "--prompts", str(prompts), *flags, "-o", str(out)]) == 0  # fmt: skip
+    table = load_table(out)
+
+    generator = DiffusersPipelineGenerator.from_pretrained(
+        tiny_flux_dir, steps=2, guidance=3.5, height=SIZE, width=SIZE, call_kwargs={"max_sequence_length": TEXT_TOKENS}
+    )
+    transformer = generator.pipeline.transformer
+    stacks = {"double_blocks": transformer.transformer_blocks, "single_blocks": transformer.single_transformer_blocks}
+    calls: dict[tuple[str, int], list] = {}
+
+    def hook(key):
+        def record(module, args, kwargs, output) -> None:
+            calls.setdefault(key, []).append((args, dict(kwargs), output))
+
+        return record
+
+    handles = [
+        b.register_forward_hook(hook((s, i)), with_kwargs=True) for s, bs in stacks.items() for i, b in enumerate(bs)
+    ]
+    with torch.no_grad():
+        generator.generate(["a cat", "a red bird"], 0)
+    for handle in handles:
+        handle.remove()
+
+    rows = {(p.stack, p.block, p.part): p for p in table.probes}
+    assert len(rows) == 4 + 2 * 5 + 2 * 3  # 4 blocks; double blocks have 5 parts, single blocks 3
+    for (stack, block), block_calls in calls.items():
+        probe = rows[(stack, block, None)]
+        pairs = [(kw["hidden_states"], out[1]) for _, kw, out in block_calls]
+        assert probe.calls == len(pairs) == 2
+        assert probe.cosine == pytest.approx(
+            _mean([float(torch.cosine_similarity(a, b, dim=-1).mean()) for a, b in pairs]), abs=1e-5
+        )
+        assert probe.mse == pytest.approx(
+            _mean([float(((b.double() - a.double()) ** 2).mean()) for a, b in pairs]), rel=1e-4
+        )
+        assert probe.cka == pytest.approx(_mean([_cka(a, b) for a, b in pairs]), rel=1e-4)
+    graph = graph_from_module(transformer)
+    for line, key in (("drop double_block[0].norm", ("double_blocks", 0, "norm")),
+                      ("drop double_block[1].context_mlp", ("double_blocks", 1, "context_mlp")),
+                      ("drop single_block[1].mlp", ("single_blocks", 1, "mlp"))):  # fmt: skip
+        pruned = apply(
+            compile_plan(check(parse(line + "\n"), graph)),
+            FluxTransformer2DModel.from_pretrained(tiny_flux_dir / "transformer"),
+        )
+        blocks = pruned.transformer_blocks if key[0] == "double_blocks" else pruned.single_transformer_blocks
+        pairs = []
+        with torch.no_grad():
+            for args, kwargs, output in calls[key[:2]]:
+                pairs.append((_joined(output), _joined(blocks[key[1]](*args, **kwargs))))
+        probe = rows[key]
+        assert probe.calls == 2
+        assert probe.cosine == pytest.approx(
+            _mean([float(torch.cosine_similarity(a, b, dim=-1).mean()) for a, b in pairs]), abs=1e-5
+        )
+        assert probe.mse == pytest.approx(
+            _mean([float(((b.double() - a.double()) ** 2).mean()) for a, b in pairs]), rel=1e-4
+        )
+        assert probe.cka == pytest.approx(_mean([_cka(a, b) for a, b in pairs]), rel=1e-4)
+        assert probe.mse > 0 and probe.cosine < 1
+    assert [c.value for c in table.cosine] == [rows[(s, b, None)].cosine for s, b in calls]
