@@ -38,6 +38,7 @@ from hpspec.report.blockmap import (
 from hpspec.report.images import checked_grid
 from hpspec.report.inputs import ReportInputs, check_evaluation, is_number, stage_inputs
 from hpspec.report.lora import lora_rows
+from hpspec.report.probes import probe_section
 from hpspec.report.svg import Bar, bars_svg, heatmap_svg, legend_svg
 
 # --------------------------------------------------------------------------------------------
@@ -213,6 +214,7 @@ def sensitivity_section(
         "legend": legend_svg(scale, lowest),
         "maps": [{"title": h.stack, "svg": heatmap_svg(h, scale)} for h in maps],
         "block_note": "ΔP per block: its own row" if table.has_block_rows else "ΔP per block: the sum of its part rows",
+        "probes": probe_section(table),
     }
 
 

@@ -78,6 +78,16 @@ def test_take_probes_and_koala(cli, tiny_sd3_dir: Path, prompts: Path, tmp_path:
     assert result.code == 0, result.err
     best = max(table.cosine, key=lambda c: c.value)
     assert f"drop block[{best.block}]" in spec.read_text()
+    # The report shows every probe row, block and part, as the table has it.
+    page = tmp_path / "r.html"
+    result = cli("report", spec, "--sensitivity", out, "-o", page)
+    assert result.code == 0, result.err
+    html = page.read_text(encoding="utf-8")
+    assert 'id="probes"' in html
+    for probe in table.probes:
+        cells = [probe.part or "(block: input → output)", f"{probe.cosine:.4g}", f"{probe.mse:.4g}", f"{probe.cka:.4g}"]
+        row = "".join(f'<td class="num">{c}</td>' for c in cells[1:])
+        assert f'<td>blocks[{probe.block}]</td><td class="num">{cells[0]}</td>{row}' in html, probe
 
 
 def test_scored_analysis_from_the_cli(
