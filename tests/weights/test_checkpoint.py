@@ -296,7 +296,7 @@ def test_output_is_atomic_and_inputs_are_never_modified(
         calls.append(args)
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(checkpoint, "copy_range", failing_copy)
+    monkeypatch.setattr(checkpoint, "copy_ranges", failing_copy)
     result, _ = compile_spec(cli, tmp_path, source, "drop blocks[1]")
     assert result.code == 1 and calls
     assert "No space left on device" in result.err and result.err.count("\n") == 1

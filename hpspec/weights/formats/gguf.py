@@ -20,22 +20,19 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Collection, Mapping, Sequence
-from functools import cache
 from pathlib import Path
 from typing import Any
 
 from hpspec.core.errors import LayoutError
-from hpspec.core.io import atomic_file, parse_json
+from hpspec.core.io import FileState, atomic_file, file_states, parse_json
 from hpspec.model.formats.gguf_header import read_gguf
 from hpspec.model.formats.infer import METADATA_CONFIG
 from hpspec.model.formats.keymap import block_indices, renumber
 from hpspec.model.formats.rules import key_map_of_family
 from hpspec.weights.checkpoint.tensors import OutTensor, Segment, byte_range
-from hpspec.weights.formats.convert import (
-    Model,
-    layout_tensors,
-    open_model,
-)
+from hpspec.weights.checkpoint.writer import copy_ranges
+from hpspec.weights.formats.convert import Model, layout_tensors, open_model, require_sources_unchanged, source_states
+from hpspec.weights.formats.floats import bf16_to_f16, decode, read_into
 from hpspec.weights.formats.kquants import quantize_q4_k, quantize_q5_k, quantize_q6_k
 
 TYPES = ("f32", "f16", "bf16", "q8_0", "q5_0", "q5_1", "q4_0", "q4_1", "q4_k", "q5_k", "q6_k")  # what hpspec writes
@@ -47,7 +44,9 @@ KEEP = {  # name prefixes kept unquantized, per architecture (city96's llama.cpp
 }
 SAME_TYPE = {"F32": "f32", "F16": "f16", "BF16": "bf16"}  # safetensors dtype -> the GGML type of the same bytes
 ENCODERS = {"q4_k": quantize_q4_k, "q5_k": quantize_q5_k, "q6_k": quantize_q6_k}  # hpspec's own (kquants)
-CHUNK_ELEMENTS = 4 << 20  # rows are read, cast and quantized about this many elements at a time
+CHUNK_ELEMENTS = 4 << 20  # rows are read and quantized about this many elements at a time
+CAST_ELEMENTS = 1 << 18  # bf16 -> f16 is read, cast and written this many elements at a time
+WRITE_BYTES = 1 << 20  # the most one write() of the output is given
 
 
 def parse_type(text: str) -> str:
@@ -104,6 +103,7 @@ def write_gguf(
     arch = model.family
     tensors = layout_tensors(model, rule.layout)
     types = [tensor_type(arch, t.name, t.shape, t.dtype, wanted) for t in tensors]
+    states = source_states(model)
     with atomic_file(out, force) as tmp:
         writer = gguf.GGUFWriter(path=None, arch=arch)
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
@@ -121,49 +121,64 @@ def write_gguf(
         for tensor, kind in zip(tensors, types):
             _write_tensor(writer, tensor, kind)
         writer.close()
+        require_sources_unchanged(states)
     return Path(out)
 
 
 def _write_tensor(writer: Any, tensor: OutTensor, kind: str) -> None:
-    """One tensor quantized and written a few MB of rows at a time (blocks never span rows, so the
+    """One tensor cast or quantized and written a few rows at a time (blocks never span rows, so the
     bytes are those of quantizing it whole), aligned as the gguf writer aligns them."""
     (fout,) = writer.fout
     writer.write_padding(fout, fout.tell())
-    rows = tensor.shape[0] if tensor.shape else 1
-    per_row = math.prod(tensor.shape[1:])
-    step = max(1, CHUNK_ELEMENTS // max(1, per_row))
-    for first in range(0, rows, step):
-        last = min(rows, first + step)
-        part = OutTensor(tensor.name, tensor.dtype, (last - first, *tensor.shape[1:]), _rows(tensor, first, last, rows))
-        fout.write(_encoded(part if tensor.shape else tensor, kind).data)
+    if SAME_TYPE.get(tensor.dtype) == kind:  # its bytes as they are
+        fout.flush()
+        copy_ranges(tensor.segments, fout.fileno(), lambda _: None)
+    elif (tensor.dtype, kind) == ("BF16", "f16"):
+        _write_bf16_as_f16(fout, tensor)
+    else:
+        _write_quantized(fout, tensor, kind)
     writer.write_padding(fout, _nbytes(tensor.shape, kind))
 
 
-def _encoded(tensor: OutTensor, kind: str) -> Any:
-    """The bytes of `tensor` in GGML type `kind`: the source bytes where they already are that type,
-    a table lookup for bf16 -> f16 (exact: the same rounding as through float32), else quantized."""
+def _write_quantized(fout: Any, tensor: OutTensor, kind: str) -> None:
+    """Rows read into one buffer, widened into another (both reused: no fresh pages per chunk),
+    quantized and written."""
     import gguf
     import numpy as np
 
-    raw = read_raw(tensor)
-    if SAME_TYPE.get(tensor.dtype) == kind:
-        return raw
-    if (tensor.dtype, kind) == ("BF16", "f16"):
-        return _bf16_to_f16()[raw.view(np.uint16)]
-    data = _decode(raw, tensor.dtype).reshape(tensor.shape)
-    if kind in ENCODERS:  # what the gguf package cannot quantize (K-quants)
-        return ENCODERS[kind](data)
-    return np.ascontiguousarray(gguf.quants.quantize(data, _ggml(kind)))
+    rows = tensor.shape[0] if tensor.shape else 1
+    per_row = math.prod(tensor.shape[1:])
+    step = min(rows, max(1, CHUNK_ELEMENTS // max(1, per_row)))
+    raw, wide = np.empty(tensor.nbytes // rows * step, np.uint8), np.empty(step * per_row, np.float32)
+    for first in range(0, rows, step):
+        last = min(rows, first + step)
+        segments = _rows(tensor, first, last, rows)
+        size = sum(s.end - s.begin for s in segments)
+        read_into(segments, memoryview(raw)[:size])
+        data = decode(raw[:size], tensor.dtype, wide[: (last - first) * per_row])
+        data = data.reshape((last - first, *tensor.shape[1:]) if tensor.shape else ())
+        if kind in ENCODERS:  # what the gguf package cannot quantize (K-quants)
+            encoded = ENCODERS[kind](data)
+        else:
+            encoded = np.ascontiguousarray(gguf.quants.quantize(data, _ggml(kind)))
+        _write_bytes(fout, memoryview(encoded).cast("B"))
 
 
-@cache
-def _bf16_to_f16() -> Any:
-    """float16 of every bfloat16 bit pattern, rounded as numpy rounds float32 to float16."""
+def _write_bf16_as_f16(fout: Any, tensor: OutTensor) -> None:
+    """bf16 -> f16 through two buffers that stay in a core's cache (`floats.bf16_to_f16`)."""
     import numpy as np
 
-    every = np.arange(1 << 16, dtype=np.uint32) << 16
-    with np.errstate(over="ignore"):
-        return every.view(np.float32).astype(np.float16)
+    raw, out = np.empty(CAST_ELEMENTS, np.uint16), np.empty(CAST_ELEMENTS, np.uint16)
+    for begin in range(0, tensor.nbytes, CAST_ELEMENTS * 2):
+        end = min(tensor.nbytes, begin + CAST_ELEMENTS * 2)
+        read_into(byte_range(tensor.segments, begin, end), memoryview(raw).cast("B"))
+        count = (end - begin) // 2
+        fout.write(memoryview(bf16_to_f16(raw[:count], out[:count])).cast("B"))
+
+
+def _write_bytes(fout: Any, data: memoryview) -> None:
+    for begin in range(0, len(data), WRITE_BYTES):  # large writes are slower (see checkpoint.copy_ranges)
+        fout.write(data[begin : begin + WRITE_BYTES])
 
 
 def _rows(tensor: OutTensor, first: int, last: int, rows: int) -> tuple[Segment, ...]:
@@ -203,70 +218,6 @@ def _nbytes(shape: Sequence[int], kind: str) -> int:
     return math.prod(shape) // block * size
 
 
-def read_float32(tensor: OutTensor) -> Any:
-    """One tensor's bytes from its source file(s), as a float32 numpy array of its shape."""
-    return _decode(read_raw(tensor), tensor.dtype).reshape(tensor.shape)
-
-
-def read_raw(tensor: OutTensor) -> Any:
-    """One tensor's bytes from its source file(s), as a flat uint8 numpy array."""
-    import numpy as np
-
-    raw = np.empty(tensor.nbytes, np.uint8)
-    view, offset = raw.data, 0
-    for segment in tensor.segments:
-        with segment.path.open("rb", buffering=0) as handle:
-            handle.seek(segment.begin)
-            start, end = offset, offset + segment.end - segment.begin
-            while offset < end:
-                count = handle.readinto(view[offset:end])
-                if not count:
-                    raise LayoutError(
-                        f"{segment.path}: ended at byte {segment.begin + offset - start} while being read (changed on disk?)"
-                    )
-                offset += count
-    return raw
-
-
-def _decode(raw: Any, dtype: str) -> Any:
-    import numpy as np
-
-    if dtype == "F32":
-        return raw.view(np.float32)
-    if dtype == "F16":
-        return raw.view(np.float16).astype(np.float32)
-    if dtype == "BF16":
-        wide = np.empty(raw.size // 2, np.uint32)
-        wide[:] = raw.view(np.uint16)
-        wide <<= 16
-        return wide.view(np.float32)
-    if dtype in ("F8_E4M3", "F8_E5M2"):
-        return _fp8_table(dtype)[raw]
-    raise LayoutError(f"cannot write a {dtype} tensor as GGUF (float tensors only)")
-
-
-def _fp8_table(dtype: str) -> Any:
-    """float32 value of each of the 256 fp8 codes (E4M3 'fn': no infinities, 0x7f/0xff NaN)."""
-    import numpy as np
-
-    exponent_bits, bias = (4, 7) if dtype == "F8_E4M3" else (5, 15)
-    mantissa_bits = 7 - exponent_bits
-    codes = np.arange(256)
-    sign = np.where(codes & 0x80, -1.0, 1.0)
-    exponent = (codes >> mantissa_bits) & ((1 << exponent_bits) - 1)
-    mantissa = codes & ((1 << mantissa_bits) - 1)
-    normal = (1 + mantissa / (1 << mantissa_bits)) * np.exp2(exponent.astype(float) - bias)
-    subnormal = mantissa / (1 << mantissa_bits) * 2.0 ** (1 - bias)
-    values = sign * np.where(exponent == 0, subnormal, normal)
-    top = (1 << exponent_bits) - 1
-    if dtype == "F8_E4M3":
-        values[(exponent == top) & (mantissa == (1 << mantissa_bits) - 1)] = np.nan
-    else:
-        values[(exponent == top) & (mantissa == 0)] = sign[(exponent == top) & (mantissa == 0)] * np.inf
-        values[(exponent == top) & (mantissa != 0)] = np.nan
-    return values.astype(np.float32)
-
-
 # --------------------------------------------------------------------------------------------
 # Reading, renaming and dropping without dequantizing
 
@@ -277,11 +228,14 @@ def rewrite_gguf(
     rename: Callable[[str], str | None],
     force: bool = False,
     strings: Mapping[str, str] | None = None,
+    states: dict[Path, FileState] | None = None,
 ) -> Path:
     """A copy of a GGUF with tensors renamed (None: dropped), quantized bytes copied as they are;
-    `strings` replace (or add) string fields."""
+    `strings` replace (or add) string fields. `states`: the source's, taken before the caller read
+    it (default: now); checked again before the copy is committed."""
     import gguf
 
+    states = states or file_states([source])
     found = read_gguf(source)
     reader = gguf.GGUFReader(source)
     kept = [(rename(t.name), t) for t in reader.tensors]
@@ -302,6 +256,7 @@ def rewrite_gguf(
             if name is not None:
                 writer.write_tensor_data(t.data)
         writer.close()
+        require_sources_unchanged(states)
     return Path(out)
 
 

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from hpspec.core.errors import LayoutError
-from hpspec.core.io import dumps_json, parse_json
+from hpspec.core.io import dumps_json, file_states, parse_json
 from hpspec.core.paths import CONFIG_NAME, GGUF_SUFFIX, PLAN_NAME, SAFETENSORS_SUFFIX, SINGLE_FILE_NAME
 from hpspec.model.formats.detect import DIFFUSERS
 from hpspec.model.formats.gguf_header import read_gguf
@@ -33,7 +33,15 @@ from hpspec.model.targets import require_regular
 from hpspec.plan.plan import Plan
 from hpspec.weights.checkpoint.source import Source, check_fingerprint, open_source, refuse_lora, source_sha256
 from hpspec.weights.checkpoint.writer import Written, checked_layout, provenance_metadata
-from hpspec.weights.formats.convert import TARGETS, Model, layout_tensors, metadata, open_model, write_safetensors
+from hpspec.weights.formats.convert import (
+    TARGETS,
+    Model,
+    layout_tensors,
+    metadata,
+    open_model,
+    require_sources_unchanged,
+    write_safetensors,
+)
 from hpspec.weights.formats.gguf import parse_type, rewrite_gguf, write_gguf
 
 GGUF = "gguf"
@@ -92,10 +100,11 @@ def refuse_part_drops(plan: Plan, to: str) -> None:
 def write_layout(plan: Plan, source: Source, out: Path, to: str) -> Written:
     """The pruned model as one file in layout `to` (bfl, sai, comfyui, gguf[:TYPE]) in the directory
     `out`, with config.json and plan.json beside it."""
+    states = file_states(source.shards)  # checked again after the last byte is read
     layout, params = checked_layout(plan, source)
     tensors = {t.name: t for shard in layout for t in shard}
     config = {**source.config, **plan.config}
-    model = Model(plan.target.family, config, tensors, source.layout)
+    model = Model(plan.target.family, config, tensors, source.layout, states=states)
     hashes = {p.name: source_sha256(p) for p in source.shards}
     provenance = provenance_metadata(plan, hashes)
     if to.startswith(GGUF):
@@ -107,6 +116,7 @@ def write_layout(plan: Plan, source: Source, out: Path, to: str) -> Written:
         name = SINGLE_FILE_NAME + SAFETENSORS_SUFFIX
         written = layout_tensors(model, to)
         write_safetensors(out / name, written, {**metadata(model, to), **provenance})
+        require_sources_unchanged(states)  # before run_stage renames the output into place
         read_header(out / name)  # the output is read back through the same validation as any input
         count = len(written)
     _beside(out, config, plan)
@@ -116,6 +126,7 @@ def write_layout(plan: Plan, source: Source, out: Path, to: str) -> Written:
 def prune_gguf(plan: Plan, path: Path, out: Path, to: str) -> Written:
     """Whole-block drops on a GGUF (quantized or not), renumbered, its bytes copied as they are."""
     path = Path(path)
+    states = file_states([path])  # checked again when the copy is done, before it is committed
     found = read_gguf(path)
     if not to.startswith(GGUF) or to.partition(":")[2] not in ("", *{t.type for t in found.tensors.values()}):
         raise LayoutError(
@@ -137,7 +148,7 @@ def prune_gguf(plan: Plan, path: Path, out: Path, to: str) -> Written:
     hashes = {path.name: source_sha256(path)}
     strings = {**provenance_metadata(plan, hashes), METADATA_CONFIG: json.dumps(config, sort_keys=True)}
     name = SINGLE_FILE_NAME + GGUF_SUFFIX
-    rewrite_gguf(path, out / name, lambda tensor: renumber(rule, tensor, kept), strings=strings)
+    rewrite_gguf(path, out / name, lambda tensor: renumber(rule, tensor, kept), strings=strings, states=states)
     _beside(out, config, plan)
     tensors = sum(1 for t in found.tensors if renumber(rule, t, kept) is not None)
     return Written((name,), tensors, plan.params.after_prune, (out / name).stat().st_size, hashes)
