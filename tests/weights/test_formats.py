@@ -62,7 +62,9 @@ def flux_loadable(monkeypatch: pytest.MonkeyPatch) -> Callable[..., dict[str, to
     from diffusers.loaders import single_file_model
 
     converter = flux_converter()
-    monkeypatch.setitem(single_file_model.SINGLE_FILE_LOADABLE_CLASSES["FluxTransformer2DModel"], "checkpoint_mapping_fn", converter)
+    monkeypatch.setitem(
+        single_file_model.SINGLE_FILE_LOADABLE_CLASSES["FluxTransformer2DModel"], "checkpoint_mapping_fn", converter
+    )
     return converter
 
 
@@ -78,7 +80,9 @@ def model_class(kind: str) -> Any:
     return FluxTransformer2DModel if kind == "flux" else SD3Transformer2DModel
 
 
-@pytest.mark.parametrize(("kind", "layout"), [("sd3", "sai"), ("sd35m", "sai"), ("sd35m", "comfyui"), ("flux", "bfl"), ("flux", "comfyui")])
+@pytest.mark.parametrize(
+    ("kind", "layout"), [("sd3", "sai"), ("sd35m", "sai"), ("sd35m", "comfyui"), ("flux", "bfl"), ("flux", "comfyui")]
+)
 def test_original_layout_matches_diffusers_converter_and_loader(
     tmp_path: Path, saved: Callable[[str], Path], flux_loadable: Any, kind: str, layout: str
 ) -> None:
@@ -87,17 +91,24 @@ def test_original_layout_matches_diffusers_converter_and_loader(
     written = convert(saved(kind), single, layout)
     assert written.layout == layout and detect_file(single).layout_name == layout
     assert same_tensors(diffusers_converter(kind)(load_file(single)), reference)  # diffusers reads hpspec's file
-    hints = json.loads((saved(kind) / "config.json").read_text())  # head width: plain SD3 has no qk-norm to read it from
+    hints = json.loads(
+        (saved(kind) / "config.json").read_text()
+    )  # head width: plain SD3 has no qk-norm to read it from
     back = convert(single, tmp_path / "back", "diffusers", hints=hints)  # and hpspec reads it back
     assert same_tensors(load_file(tmp_path / "back" / "diffusion_pytorch_model.safetensors"), reference)
-    assert {k: v for k, v in back.config.items() if v is not None} == {k: hints[k] for k in back.config if hints.get(k) is not None}
+    assert {k: v for k, v in back.config.items() if v is not None} == {
+        k: hints[k] for k in back.config if hints.get(k) is not None
+    }
     loaded = model_class(kind).from_single_file(str(single), config=str(saved(kind)), torch_dtype=torch.float32)
     assert same_tensors(loaded.state_dict(), reference)
 
 
 def test_fp8_bytes_are_carried_as_they_are(tmp_path: Path, saved: Callable[[str], Path]) -> None:
     reference = build("flux").state_dict()
-    fp8 = {n: t.to(torch.float8_e4m3fn if "single" in n else torch.float8_e5m2) if t.ndim == 2 else t for n, t in reference.items()}
+    fp8 = {
+        n: t.to(torch.float8_e4m3fn if "single" in n else torch.float8_e5m2) if t.ndim == 2 else t
+        for n, t in reference.items()
+    }
     folder = tmp_path / "fp8"
     folder.mkdir()
     save_file(fp8, folder / "diffusion_pytorch_model.safetensors")
@@ -106,11 +117,18 @@ def test_fp8_bytes_are_carried_as_they_are(tmp_path: Path, saved: Callable[[str]
     assert {"F8_E4M3", "F8_E5M2"} <= set(written.dtypes)
     back = convert(tmp_path / "fp8_bfl.safetensors", tmp_path / "fp8_back", "diffusers")
     again = load_file(back.out / "diffusion_pytorch_model.safetensors")
-    assert all(again[n].dtype == t.dtype and torch.equal(again[n].view(torch.uint8), t.view(torch.uint8)) for n, t in fp8.items())
+    assert all(
+        again[n].dtype == t.dtype and torch.equal(again[n].view(torch.uint8), t.view(torch.uint8))
+        for n, t in fp8.items()
+    )
     gguf_file = convert_to_gguf(tmp_path / "fp8_bfl.safetensors", tmp_path / "fp8.gguf", "f32")
     dequantized = _dequantized(gguf_file)
-    assert torch.equal(dequantized["double_blocks.0.img_mlp.0.weight"], fp8["transformer_blocks.0.ff.net.0.proj.weight"].float())  # E5M2
-    assert torch.equal(dequantized["single_blocks.0.linear2.weight"], fp8["single_transformer_blocks.0.proj_out.weight"].float())  # E4M3
+    assert torch.equal(
+        dequantized["double_blocks.0.img_mlp.0.weight"], fp8["transformer_blocks.0.ff.net.0.proj.weight"].float()
+    )  # E5M2
+    assert torch.equal(
+        dequantized["single_blocks.0.linear2.weight"], fp8["single_transformer_blocks.0.proj_out.weight"].float()
+    )  # E4M3
 
 
 def test_bf16_to_gguf_f16_and_bf16_are_exact(tmp_path: Path, saved: Callable[[str], Path]) -> None:
@@ -133,10 +151,14 @@ def test_a_file_with_a_gap_in_its_blocks_is_renumbered(tmp_path: Path, saved: Ca
     assert back.config["num_layers"] == 2
     tensors = load_file(back.out / "diffusion_pytorch_model.safetensors")
     reference = build("flux").state_dict()
-    assert torch.equal(tensors["transformer_blocks.1.attn.to_k.weight"], reference["transformer_blocks.2.attn.to_k.weight"])
+    assert torch.equal(
+        tensors["transformer_blocks.1.attn.to_k.weight"], reference["transformer_blocks.2.attn.to_k.weight"]
+    )
 
 
-def test_an_all_in_one_file_converts_its_transformer_and_lists_the_rest(tmp_path: Path, saved: Callable[[str], Path]) -> None:
+def test_an_all_in_one_file_converts_its_transformer_and_lists_the_rest(
+    tmp_path: Path, saved: Callable[[str], Path]
+) -> None:
     convert(saved("sd3"), tmp_path / "comfy.safetensors", "comfyui")
     tensors = load_file(tmp_path / "comfy.safetensors")
     tensors["text_encoders.clip_g.transformer.text_model.final_layer_norm.weight"] = torch.ones(4)
@@ -188,7 +210,9 @@ def test_gguf_reads_back_within_its_type_error_and_loads_in_diffusers(
     quantized_name, embedder, bias = GGUF_NAMES[model]
     assert found.arch == ("flux" if model == "flux" else "sd3") and found.tensors[quantized_name].type == wanted
     assert found.tensors[embedder].type == "f16" and found.tensors[bias].type == "f32"
-    reference = load_file(convert(saved(model), tmp_path / "original.safetensors", "bfl" if model == "flux" else "sai").out)
+    reference = load_file(
+        convert(saved(model), tmp_path / "original.safetensors", "bfl" if model == "flux" else "sai").out
+    )
     back = _dequantized(path)
     assert back.keys() == reference.keys()
     for name, tensor in reference.items():
@@ -198,7 +222,9 @@ def test_gguf_reads_back_within_its_type_error_and_loads_in_diffusers(
         else:
             assert float((back[name] - tensor).abs().max()) <= TOLERANCE[written] * float(tensor.abs().max()), name
     assert {k: v for k, v in gguf_config(found).config.items() if v is not None} == {
-        k: v for k, v in json.loads((saved(model) / "config.json").read_text()).items() if k in gguf_config(found).config and v is not None
+        k: v
+        for k, v in json.loads((saved(model) / "config.json").read_text()).items()
+        if k in gguf_config(found).config and v is not None
     }  # the graph of a GGUF, from its header
     loaded = model_class(model).from_single_file(
         str(path), quantization_config=GGUFQuantizationConfig(compute_dtype=torch.float32), config=str(saved(model))
@@ -213,9 +239,15 @@ def test_gguf_blocks_drop_without_dequantizing(tmp_path: Path, saved: Callable[[
     path = convert_to_gguf(saved("flux"), tmp_path / "flux-q8_0.gguf", "q8_0")
     out = drop_blocks(path, tmp_path / "dropped.gguf", {"num_single_layers": [1]})
     before, after = read_gguf(path), read_gguf(out)
-    assert "single_blocks.3.linear1.weight" not in after.tensors and after.tensors["single_blocks.2.linear1.weight"].type == "q8_0"
+    assert (
+        "single_blocks.3.linear1.weight" not in after.tensors
+        and after.tensors["single_blocks.2.linear1.weight"].type == "q8_0"
+    )
     with path.open("rb") as a, out.open("rb") as b:
-        for old, new in [("single_blocks.2.linear1.weight", "single_blocks.1.linear1.weight"), ("double_blocks.0.img_attn.qkv.weight",) * 2]:
+        for old, new in [
+            ("single_blocks.2.linear1.weight", "single_blocks.1.linear1.weight"),
+            ("double_blocks.0.img_attn.qkv.weight",) * 2,
+        ]:
             x, y = before.tensors[old], after.tensors[new]
             a.seek(x.begin)
             b.seek(y.begin)
@@ -224,7 +256,10 @@ def test_gguf_blocks_drop_without_dequantizing(tmp_path: Path, saved: Callable[[
 
 
 def test_gguf_bad_types_and_architectures_are_one_line(tmp_path: Path) -> None:
-    with pytest.raises(LayoutError, match="GGUF type 'Q3_K' cannot be written \\(hpspec writes q4_k, q5_k, q6_k; the gguf package can read the other K-quants but not write them\\)"):
+    with pytest.raises(
+        LayoutError,
+        match="GGUF type 'Q3_K' cannot be written \\(hpspec writes q4_k, q5_k, q6_k; the gguf package can read the other K-quants but not write them\\)",
+    ):
         parse_type("Q3_K")
     import gguf
 
@@ -343,3 +378,17 @@ def test_convert_writes_a_q6_k_flux_gguf_the_gguf_reader_decodes(cli: Callable[.
     expected = model.single_transformer_blocks[0].proj_out.weight.detach()
     assert back.shape == expected.shape
     assert float((back - expected).norm() / expected.norm()) < 0.02
+
+
+def test_bf16_to_f16_is_torchs_cast_for_every_bit_pattern() -> None:
+    import numpy as np
+
+    from hpspec.weights.formats.floats import bf16_to_f16
+
+    bits = np.arange(1 << 16, dtype=np.uint16)
+    bits = np.concatenate([bits, bits[::-1], bits])  # across the cast's block boundary (2**17) too
+    ours = torch.from_numpy(bf16_to_f16(bits).view(np.int16)).view(torch.float16)
+    theirs = torch.from_numpy(bits.view(np.int16)).view(torch.bfloat16).to(torch.float16)
+    same = (ours == theirs) | (ours.isnan() & theirs.isnan())
+    assert bool(same.all()), int((~same).sum())
+    assert bool((ours.view(torch.int16) == theirs.view(torch.int16))[~theirs.isnan()].all())  # signed zeros too
