@@ -25,14 +25,12 @@ from hpspec.core.errors import TargetError, UsageError
 from hpspec.core.paths import CONFIG_NAME, MODEL_INDEX_NAME, PLAN_NAME
 from hpspec.method.evaluate import DEFAULT_SEEDS, Scorer, evaluate
 from hpspec.method.footprint import Footprint, PeakMemory, footprint
-from hpspec.method.pipelines import DiffusersPipelineGenerator, offline
+from hpspec.method.pipelines import DTYPES, DiffusersPipelineGenerator, load_pipeline, offline, torch_dtype
 from hpspec.model.arch import class_names
 from hpspec.model.targets import read_config
 from hpspec.plan.schema import load_plan_file
-from hpspec.plan.schemes import COMPUTE, COMPUTE_DTYPES
 
 if TYPE_CHECKING:
-    import torch
     from torch import nn
 
 STAGE, TRANSFORMER, PIPELINE = "stage", "transformer", "pipeline"
@@ -107,18 +105,21 @@ class Generation:
     """Where and how images are made: the pipeline's device and dtype, and its call's knobs."""
 
     device: str = "cpu"
-    dtype: str | None = None  # a COMPUTE name; None: bf16 on CUDA, fp32 on the CPU (a quantized stage: its compute)
+    dtype: str | None = (
+        None  # bf16, fp16, fp32 (pipelines.DTYPES); None: bf16 on CUDA, fp32 on the CPU (a quantized stage: its compute)
+    )
     offload: bool = False  # enable_model_cpu_offload: components visit the GPU one at a time
     steps: int | None = None  # None: the generator's defaults
     guidance: float | None = None
     size: int | None = None  # height = width; None: the pipeline's default
     batch_size: int = 4
+    max_sequence_length: int | None = None  # T5's tokens; None: the pipeline's default
 
     def __post_init__(self) -> None:
         if self.offload and not self.device.startswith("cuda"):
             raise UsageError("--offload moves components between the CPU and a GPU: it needs --device cuda")
-        if self.dtype is not None and self.dtype not in COMPUTE:
-            raise UsageError(f"--dtype {self.dtype}: expected one of {', '.join(COMPUTE_DTYPES)}")
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise UsageError(f"--dtype {self.dtype}: expected one of {', '.join(DTYPES)}")
 
     def dtype_name(self) -> str:
         return self.dtype or ("bf16" if self.device.startswith("cuda") else "fp32")
@@ -126,19 +127,15 @@ class Generation:
     def knobs(self) -> dict[str, Any]:
         """The DiffusersPipelineGenerator settings these options fix (the rest keep its defaults)."""
         given = {"steps": self.steps, "guidance": self.guidance, "height": self.size, "width": self.size}
-        return {"batch_size": self.batch_size, **{k: v for k, v in given.items() if v is not None}}
+        knobs: dict[str, Any] = {"batch_size": self.batch_size, **{k: v for k, v in given.items() if v is not None}}
+        if self.max_sequence_length is not None:
+            knobs["call_kwargs"] = {"max_sequence_length": self.max_sequence_length}
+        return knobs
 
     def as_dict(self) -> dict[str, Any]:
-        return {"device": self.device, "dtype": self.dtype_name(), "offload": self.offload, **self.knobs()}
-
-
-def torch_dtype(name: str) -> torch.dtype:
-    import torch
-
-    if name not in COMPUTE:
-        raise UsageError(f"--dtype {name}: expected one of {', '.join(COMPUTE_DTYPES)}")
-    dtype: torch.dtype = getattr(torch, COMPUTE[name].torch)
-    return dtype
+        knobs = {k: v for k, v in self.knobs().items() if k != "call_kwargs"}
+        return {"device": self.device, "dtype": self.dtype_name(), "offload": self.offload,
+                "max_sequence_length": self.max_sequence_length, **knobs}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -187,16 +184,15 @@ def _transformer(model: ModelRef, generation: Generation) -> tuple[nn.Module, in
 
 
 def _pipeline(where: str, transformer: nn.Module | None, generation: Generation) -> DiffusersPipelineGenerator:
-    generator = DiffusersPipelineGenerator.from_pretrained(
+    """``where``'s pipeline (``pipelines.load_pipeline``), ``transformer`` in place of its own when given."""
+    pipeline = load_pipeline(
         where,
-        transformer=transformer,
-        dtype=torch_dtype(generation.dtype_name()),
-        device=None if generation.offload else generation.device,
-        **generation.knobs(),
+        dtype=generation.dtype_name(),
+        device=generation.device,
+        offload=generation.offload,
+        components={"transformer": transformer} if transformer is not None else None,
     )
-    if generation.offload:
-        generator.pipeline.enable_model_cpu_offload(device=generation.device)
-    return generator
+    return DiffusersPipelineGenerator(pipeline, **generation.knobs())
 
 
 def release(loaded: Loaded | None) -> None:
