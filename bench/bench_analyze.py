@@ -171,12 +171,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3, help="probe passes timed (the fastest counts)")
-    parser.add_argument("--tiny", action="store_true", help="2 + 2 blocks, 1 prompt, 1 step: a smoke run")
+    parser.add_argument("--tiny", action="store_true", help="1 + 1 blocks, 1 prompt, 1 step: a smoke run")
     parser.add_argument("--in-process", action="store_true", help="every route in this process (memory less clean)")
     parser.add_argument("--route", choices=ROUTES, help=argparse.SUPPRESS)  # a child: one route, JSON out
     args = parser.parse_args(argv)
     if args.tiny:
-        args.double, args.single, args.head_dim, args.prompts, args.steps = 2, 2, 16, 1, 1
+        args.double, args.single, args.head_dim, args.prompts, args.steps = 1, 1, 16, 1, 1
     return args
 
 

@@ -36,8 +36,8 @@ def threads():
 def test_bench_analyze_runs_every_route(threads, capsys: pytest.CaptureFixture[str]) -> None:
     rows = load_script("bench_analyze").main(["--tiny", "--in-process", "--repeats", "1"])
     assert [r["route"] for r in rows] == ["inplace", "deepcopy", "deepcopy-gc", "probe"]
-    assert {r["ranked"] for r in rows} == {4}  # 2 double + 2 single blocks
-    assert [r["passes"] for r in rows] == [5, 5, 5, 1]  # the unpruned pass and one per block; one probe pass
+    assert {r["ranked"] for r in rows} == {2}  # 1 double + 1 single block
+    assert [r["passes"] for r in rows] == [3, 3, 3, 1]  # the unpruned pass and one per block; one probe pass
     out = capsys.readouterr().out
     assert "probes per ranked entry vs analysis" in out and "deep copy (as before) / in place" in out
 
