@@ -54,6 +54,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     analyze.add_argument("--device", help="where the pipeline runs, e.g. cuda (pipelines)")
     analyze.add_argument("--dtype", choices=tuple(DTYPES), help="the pipeline's weights (pipelines)")
     analyze.add_argument("--offload", action="store_true", help="enable_model_cpu_offload (pipelines)")
+    analyze.add_argument("--save-images", type=int, default=0, metavar="N", help="keep N images per entry (PNG)")
     analyze.add_argument(
         "--import-reference", metavar="FILE", help="the reference code's released table (BLOCK<tab>PART: score)"
     )
@@ -206,7 +207,7 @@ def _measure(args: argparse.Namespace) -> int:
         sys.stderr.write(f"wrote {args.output}: probes of {len(probed.probes) - parts} blocks and {parts} parts\n")
         return 0
     table = analyze(subject, settings, output, rank=state.process_index, world=state.num_processes,
-                    barrier=state.wait_for_everyone)  # fmt: skip
+                    barrier=state.wait_for_everyone, save_images=args.save_images)  # fmt: skip
     if table is not None:
         sys.stderr.write(f"wrote {args.output}: {len(table.entries)} entries, full score {table.full_score:.4f}\n")
     return 0

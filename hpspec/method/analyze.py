@@ -28,7 +28,8 @@ from hpspec.core.errors import PlanError
 from hpspec.core.io import write_text_atomic
 from hpspec.demo.models import DIGITS, DemoModel
 from hpspec.lang.parse import parse
-from hpspec.method.evaluate import Generator, Scorer, evaluate
+from hpspec.method.evaluate import Generator, Scorer
+from hpspec.method.kept_images import ImageKeeper
 from hpspec.method.probes import probe_recorder
 from hpspec.method.sensitivity import Cosine, Entry, ScorerInfo, SensitivityTable, TargetRef, settings_hash
 from hpspec.model.graph import ModelGraph, graph_from_module
@@ -147,19 +148,25 @@ def score_of(metrics: dict[str, float]) -> float:
     return sum(metrics.values()) / len(metrics)
 
 
-def measure(subject: Subject, settings: Settings) -> dict[str, float]:
+def measure(subject: Subject, settings: Settings, sink: Callable[[Any], None] | None = None) -> dict[str, float]:
     """The scorer's metrics over every prompt and seed. A generator that yields `batches` and a
     scorer whose metrics are means over images (`per_image`) are scored batch by batch as the images
-    come, none kept; otherwise all images are scored together."""
+    come, none kept; otherwise all images are scored together. `sink` sees each batch of images."""
     generator = subject.generator_for(subject.transformer)
     batches = getattr(generator, "batches", None)
     if batches is None or not getattr(subject.scorer, "per_image", False):
-        result = evaluate(generator, subject.scorer, settings.prompts, settings.seeds)
-        return {name: float(result[name]) for name in result["metrics"]}
+        import torch
+
+        images = torch.cat([generator.generate(list(settings.prompts), seed) for seed in settings.seeds])
+        if sink is not None:
+            sink(images)
+        return dict(subject.scorer.score(images, list(settings.prompts) * len(settings.seeds)))
     sums: dict[str, float] = {}
     count = 0
     for seed in settings.seeds:
         for images, prompts in batches(settings.prompts, seed):
+            if sink is not None:
+                sink(images)
             for name, value in subject.scorer.score(images, prompts).items():
                 sums[name] = sums.get(name, 0.0) + float(value) * len(prompts)
             count += len(prompts)
@@ -174,8 +181,11 @@ def analyze(
     rank: int = 0,
     world: int = 1,
     barrier: Callable[[], None] = lambda: None,
+    save_images: int = 0,
 ) -> SensitivityTable | None:
-    """Measure every removal; rank 0 returns (and writes) the table, other ranks return None."""
+    """Measure every removal; rank 0 returns (and writes) the table, other ranks return None.
+
+    `save_images` N keeps each entry's first N images as PNGs (`hpspec.method.kept_images`)."""
     graph = graph_from_module(subject.transformer, subject.name)
     digest = settings_hash(settings.as_dict())
     todo = removals(graph, settings.parts)
@@ -183,15 +193,18 @@ def analyze(
     done = _load_partial(partial, digest)
 
     full_key = "__full__"
+    keeper = ImageKeeper(output, save_images)
     if full_key not in done and rank == 0:
         with cosine_recorder(subject.transformer, graph) as cosines:
-            metrics = measure(subject, settings)
+            metrics = measure(subject, settings, keeper.sink(full_key))
+        keeper.save(full_key)
         _append(partial, digest, full_key, {"metrics": metrics, "cosine": cosines()})
         done[full_key] = {"metrics": metrics, "cosine": cosines()}
     mine = [r for i, r in enumerate(todo) if i % world == rank and r.key not in done]
     for removal in _progress(mine, progress, rank):
         with swapped(subject.transformer, removal_plan(graph, removal)):
-            metrics = measure(subject, settings)
+            metrics = measure(subject, settings, keeper.sink(removal.key))
+        keeper.save(removal.key)
         _append(partial, digest, removal.key, {"metrics": metrics})
         faults.point("analyze.after_entry", partial)
         done[removal.key] = {"metrics": metrics}
@@ -202,6 +215,7 @@ def analyze(
         done.update(_load_partial(_partial_path(output, other), digest))
     table = _table(subject, graph, settings, todo, done[full_key], done)
     write_text_atomic(output, table.to_json())
+    keeper.write_index(settings.prompts, settings.seeds, [full_key, *(r.key for r in todo)])
     for r in range(world):
         _partial_path(output, r).unlink(missing_ok=True)
     return table

@@ -105,3 +105,34 @@ def test_scored_analysis_from_the_cli(
     assert (knobs["family"], knobs["steps"], knobs["size"], knobs["dtype"]) == ("flux", 2, SIZE, "fp32")
     assert knobs["scorer"] == table.scorer.name  # another scorer: another settings hash, nothing reused
     assert all(0.0 <= e.score <= 1.0 for e in table.entries)
+
+
+def test_save_images_keeps_each_entrys_first_images(
+    cli, tiny_sd3_dir: Path, tiny_clip_dir: Path, prompts: Path, tmp_path: Path
+) -> None:
+    """`--save-images 2`: two PNGs per entry; the full model's equal the pipeline's own images (8 bits)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from hpspec.method.pipelines import DiffusersPipelineGenerator
+
+    out = tmp_path / "t.json"
+    result = cli("analyze", "--model", tiny_sd3_dir, "--scorer", f"clip={tiny_clip_dir}", "--prompts", prompts,
+                 "--take", "3", "--guidance", "2", "--batch-size", "2", "--save-images", "2", *FLAGS, "-o", out)  # fmt: skip
+    assert result.code == 0, result.err
+    folder = tmp_path / "t.images"
+    index = json.loads((folder / "index.json").read_text())
+    assert index["prompts"] == take(PROMPTS, 3, seed=0) and index["seeds"] == [0]
+    assert index["entries"] == {key: [f"{key}.0.png", f"{key}.1.png"] for key in ("__full__", "blocks[0]", "blocks[1]")}
+    own = DiffusersPipelineGenerator.from_pretrained(
+        tiny_sd3_dir, steps=2, guidance=2.0, height=SIZE, width=SIZE, batch_size=2,
+        call_kwargs={"max_sequence_length": TEXT_TOKENS},
+    ).generate(index["prompts"], 0)[:2]  # fmt: skip
+    for i in range(2):
+        saved = torch.from_numpy(np.array(Image.open(folder / f"__full__.{i}.png"))).permute(2, 0, 1).float() / 255
+        assert (saved - own[i]).abs().max() <= 0.5 / 255 + 1e-6
+    assert not torch.equal(
+        torch.from_numpy(np.array(Image.open(folder / "blocks[0].0.png"))),
+        torch.from_numpy(np.array(Image.open(folder / "__full__.0.png"))),
+    )
