@@ -80,6 +80,7 @@ class StageOptions:
     distill: DistillOptions = DistillOptions()
     quantize: QuantizeOptions = QuantizeOptions()
     report: ReportWriter | None = None  # None: no report.html (--no-report, or the Python API)
+    export: PruneOptions = PruneOptions()  # compile's --to when distill or quantize run first (stages/export.py)
 
     def of(self, step: Stage) -> OwnOptions:
         """The options of one stage: `StageOptions().of(PRUNE) == PruneOptions()`."""

@@ -23,8 +23,10 @@ from hpspec.plan.summary import diagnostics_text
 from hpspec.plan.validate import check_plan_fits
 from hpspec.stages.distill import DISTILL
 from hpspec.stages.engine import OwnOptions, Stage, StageInput, StageOptions, StageResult, run_stage
+from hpspec.stages.export import EXPORT
 from hpspec.stages.prune import PRUNE
 from hpspec.stages.quantize import QUANTIZE
+from hpspec.weights.formats.export import export_type
 from hpspec.weights.formats.pruned import source_graph
 
 STAGES: tuple[Stage, ...] = (PRUNE, DISTILL, QUANTIZE)
@@ -100,14 +102,20 @@ def compile_model(
     source = Path(model)
     try:
         for step in STAGES:
-            if not step.declared(plan):
-                continue
-            command = _continue_command(plan, model_label or str(model), out, target, options.of(step), step.requires)
+            if not step.declared(plan) or (step is QUANTIZE and options.export.to is not None):
+                continue  # exporting, the GGUF is the quantization (stages/export.py)
+            command = _continue_command(
+                plan, model_label or str(model), out, target, options.of(step), step.requires, options.export.to
+            )
             stop = _cannot_run(step, source, command, options.of(step))
             if stop is not None:
                 return CompileResult(tuple(results), stop)
             results.append(run_stage(step, StageInput(plan, source, options, progress), out / step.directory, force))
             source = out / step.directory
+        if options.export.to is not None:
+            results.append(
+                run_stage(EXPORT, StageInput(plan, source, options, progress), out / EXPORT.directory, force)
+            )
     except BaseException:
         if created and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # nothing at the output path after a failure
@@ -117,15 +125,13 @@ def compile_model(
 
 def _layout_between_stages(plan: Plan, options: StageOptions) -> StageOptions:
     """Distill and quantize read and write diffusers folders: with either declared, the prune stage
-    writes one too (`--to` another layout is an error that says so)."""
-    later = [step.name for step in STAGES[1:] if step.declared(plan)]
-    if not later:
+    writes one too, and `--to` another layout becomes the export stage's (OUT/exported), its
+    combination with the spec checked now (`export_type`: a LayoutError before any stage runs)."""
+    if not any(step.declared(plan) for step in STAGES[1:]):
         return options
     if options.prune.to not in (None, "diffusers"):
-        raise HpspecError(
-            f"--to {options.prune.to}: the spec also declares {' and '.join(later)}, which read and write diffusers "
-            "folders; compile with --to diffusers, then `hpspec convert` the last stage's output"
-        )
+        export_type(plan, options.prune.to)
+        options = replace(options, export=replace(options.export, to=options.prune.to))
     return replace(options, prune=replace(options.prune, to="diffusers"))
 
 
@@ -144,11 +150,18 @@ def _cannot_run(step: Stage, source: Path, command: str, own: OwnOptions) -> str
 
 
 def _continue_command(
-    plan: Plan, model: str, out: Path, target: str | None, own: OwnOptions, requires: tuple[str, ...]
+    plan: Plan,
+    model: str,
+    out: Path,
+    target: str | None,
+    own: OwnOptions,
+    requires: tuple[str, ...],
+    to: str | None = None,
 ) -> str:
     """The same compile again: finished stages are not redone, so it picks up where this one stopped."""
     words = ["hpspec", "compile", str(plan.spec.path), "--model", model, "--out", str(out)]
     words += ["--target", target] if target is not None else []
+    words += ["--to", to] if to is not None else []
     for name in requires:
         words += [f"--{name}", str(getattr(own, name) or name.upper())]
     return shlex.join(words)  # pasted into a shell, a path with a space or `;` stays one word

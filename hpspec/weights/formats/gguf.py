@@ -72,8 +72,11 @@ def _ggml(name: str) -> Any:
 # Writing
 
 
-def tensor_type(arch: str, name: str, shape: Sequence[int], source_dtype: str, wanted: str) -> str:
-    """The GGML type one tensor is written in, for a requested file type (city96's rules)."""
+def tensor_type(
+    arch: str, name: str, shape: Sequence[int], source_dtype: str, wanted: str, keep_float: bool = False
+) -> str:
+    """The GGML type one tensor is written in, for a requested file type (city96's rules);
+    `keep_float`: a tensor the spec's `quantize ... except` keeps unquantized."""
     import gguf
 
     fallback = (
@@ -86,23 +89,30 @@ def tensor_type(arch: str, name: str, shape: Sequence[int], source_dtype: str, w
     if wanted in FLOAT_TYPES:
         return wanted
     block = gguf.GGML_QUANT_SIZES[_ggml(wanted)][0]
-    if len(shape) != 2 or shape[-1] % block or name.startswith(KEEP.get(arch, ())):
+    if keep_float or len(shape) != 2 or shape[-1] % block or name.startswith(KEEP.get(arch, ())):
         return fallback
     return wanted
 
 
 def write_gguf(
-    model: Model, out: Path, wanted: str, force: bool = False, fields: Mapping[str, str] | None = None
+    model: Model,
+    out: Path,
+    wanted: str,
+    force: bool = False,
+    fields: Mapping[str, str] | None = None,
+    keep: Collection[str] = (),
 ) -> Path:
     """`model` as one GGUF file of type `wanted`, names in the family's original layout; `fields`
-    are extra string fields (the prune stage's provenance)."""
+    are extra string fields (the prune stage's provenance); `keep`: diffusers tensor names kept
+    unquantized, and with them every tensor fused from any of their rows (BFL's q/k/v)."""
     import gguf
 
     wanted = parse_type(wanted)
     rule = key_map_of_family(model.family)
     arch = model.family
     tensors = layout_tensors(model, rule.layout)
-    types = [tensor_type(arch, t.name, t.shape, t.dtype, wanted) for t in tensors]
+    floats = _fused_from(tensors, [model.tensors[name] for name in keep])
+    types = [tensor_type(arch, t.name, t.shape, t.dtype, wanted, t.name in floats) for t in tensors]
     states = source_states(model)
     with atomic_file(out, force) as tmp:
         writer = gguf.GGUFWriter(path=None, arch=arch)
@@ -179,6 +189,16 @@ def _write_bf16_as_f16(fout: Any, tensor: OutTensor) -> None:
 def _write_bytes(fout: Any, data: memoryview) -> None:
     for begin in range(0, len(data), WRITE_BYTES):  # large writes are slower (see checkpoint.copy_ranges)
         fout.write(data[begin : begin + WRITE_BYTES])
+
+
+def _fused_from(tensors: Sequence[OutTensor], sources: Sequence[OutTensor]) -> set[str]:
+    """Names of `tensors` holding any byte of `sources`."""
+    taken = [(s.path, s.begin, s.end) for t in sources for s in t.segments]
+    return {
+        t.name
+        for t in tensors
+        if any(s.path == path and s.begin < end and begin < s.end for s in t.segments for path, begin, end in taken)
+    }
 
 
 def _rows(tensor: OutTensor, first: int, last: int, rows: int) -> tuple[Segment, ...]:
