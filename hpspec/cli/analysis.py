@@ -202,6 +202,8 @@ def _measure(args: argparse.Namespace) -> int:
         subject, knobs = _demo_subject(args, probes)
     settings = Settings(prompts, list(range(args.seeds)), args.parts, knobs)
     if probes is not None:
+        if state.process_index != 0:  # one pass, not split: rank 0 alone runs it
+            return 0
         probed = probe_analysis(subject, settings, probes, output)
         parts = sum(p.part is not None for p in probed.probes)
         sys.stderr.write(f"wrote {args.output}: probes of {len(probed.probes) - parts} blocks and {parts} parts\n")

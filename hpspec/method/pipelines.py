@@ -146,12 +146,12 @@ def load_pipeline(
         if local_only(model):
             where = "HF_HUB_OFFLINE is set" if offline() else "a directory"
             raise PipelineError(
-                f"{model}: cannot load a diffusers pipeline ({where}): {_first_line(local_error)}"
+                f"{model}: cannot load a diffusers pipeline ({where}): {first_line(local_error)}"
             ) from None
         try:
             pipeline = DiffusionPipeline.from_pretrained(str(model), **kwargs)
         except (OSError, ValueError) as error:
-            raise PipelineError(f"{model}: cannot load a diffusers pipeline: {_first_line(error)}") from None
+            raise PipelineError(f"{model}: cannot load a diffusers pipeline: {first_line(error)}") from None
     if getattr(pipeline, "transformer", None) is None or not hasattr(pipeline, "encode_prompt"):
         raise PipelineError(
             f"{model}: a {type(pipeline).__name__}, not a transformer text-to-image pipeline (SD3, SD3.5, FLUX)"
@@ -164,7 +164,8 @@ def load_pipeline(
     return pipeline
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
+    """An exception's first line (library errors run to pages), or its class name."""
     lines = str(error).strip().splitlines()
     return lines[0] if lines else type(error).__name__
 

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from hpspec.core.diagnostics import did_you_mean
 from hpspec.core.errors import MissingPackageError, ScorerError, UsageError
-from hpspec.method.pipelines import local_only, offline
+from hpspec.method.pipelines import first_line, local_only, offline
 
 if TYPE_CHECKING:
     import torch
@@ -75,7 +75,7 @@ class CLIPScorer:
         try:
             clip = CLIPModel.from_pretrained(str(model), local_files_only=local_only(model))
         except (OSError, ValueError) as error:
-            raise ScorerError(f"{cls.metric}: cannot load a CLIP model from {model}: {_first_line(error)}") from None
+            raise ScorerError(f"{cls.metric}: cannot load a CLIP model from {model}: {first_line(error)}") from None
         if device is not None:
             clip = clip.to(device)
         return cls(clip, cls._tokenizer(model, tokenizer))
@@ -92,7 +92,7 @@ class CLIPScorer:
                     return AutoTokenizer.from_pretrained(str(source), local_files_only=local_only(source))
                 except (OSError, ValueError, TypeError) as error:
                     raise ScorerError(
-                        f"{cls.metric}: cannot load the tokenizer of {source}: {_first_line(error)}"
+                        f"{cls.metric}: cannot load the tokenizer of {source}: {first_line(error)}"
                     ) from None
         tried = " or ".join(str(s) for s in sources)
         where = "" if not offline() else " (HF_HUB_OFFLINE is set: the local cache only)"
@@ -178,11 +178,6 @@ def _has_tokenizer(source: str | Path) -> bool:
         except (OSError, ValueError):  # not cached, not on the hub, or an id that is no repository
             continue
     return False
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
 
 
 def _embeds(output: Any) -> torch.Tensor:
@@ -350,7 +345,7 @@ def scorer_from_spec(spec: str | ScorerSpec, *, device: str | torch.device | Non
         try:
             model = module.load(name, device=str(device or "cpu"))
         except (OSError, RuntimeError, ValueError) as error:
-            raise ScorerError(f"imagereward: cannot load {name}: {_first_line(error)}") from None
+            raise ScorerError(f"imagereward: cannot load {name}: {first_line(error)}") from None
         scorer = ImageRewardScorer(model)
     else:
         from hpspec.demo.scorer import DemoScorer  # torch
