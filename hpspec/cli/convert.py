@@ -21,7 +21,7 @@ from hpspec.weights.formats.convert import convert
 from hpspec.weights.formats.gguf import convert_to_gguf
 from hpspec.weights.formats.pruned import DEFAULT_GGUF_TYPE, GGUF, parse_to
 
-TO_HELP = "diffusers (a folder), bfl, sai, comfyui (one .safetensors) or gguf:TYPE (f32 f16 bf16 q8_0 q5_0 q5_1 q4_0 q4_1 q4_k)"
+TO_HELP = "diffusers (a folder), bfl, sai, comfyui (one .safetensors) or gguf:TYPE (f32 f16 bf16 q8_0 q5_0 q5_1 q4_0 q4_1 q4_k q5_k q6_k)"
 
 
 def register(commands: argparse._SubParsersAction) -> None:

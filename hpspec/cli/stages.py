@@ -23,7 +23,8 @@ MODEL_HELP = (
 )
 TO_HELP = (
     "the pruned model's layout: diffusers (a folder), bfl, sai, comfyui (one .safetensors), gguf[:TYPE] "
-    "(one .gguf; f32 f16 bf16 q8_0 q5_0 q5_1 q4_0 q4_1 q4_k); default: the input's own"
+    "(one .gguf; f32 f16 bf16 q8_0 q5_0 q5_1 q4_0 q4_1 q4_k q5_k q6_k); default: the input's own; with distill or "
+    "quantize declared, the last stage is exported in it into OUT/exported"
 )
 VERIFY_HELP = "first scan every weight of the input for NaN and infinity (reads all of it, in bounded memory)"
 
