@@ -25,8 +25,9 @@ from hpspec.cli.analysis import SuggestRequest, suggested_spec
 from hpspec.core.errors import HpspecError
 from hpspec.core.io import dumps_json, write_text_atomic
 from hpspec.core.paths import PLAN_NAME, REPORT_NAME
-from hpspec.demo import default_prompts
+from hpspec.demo.models import DEMO_MODELS, DIGITS, DemoModel
 from hpspec.method.analyze import Settings, Subject, analyze, demo_subject
+from hpspec.method.distill.build import demo_data_folder
 from hpspec.method.evaluate import Generator, evaluate
 from hpspec.method.sensitivity import load_table, settings_hash
 from hpspec.plan.schema import load_plan_file
@@ -47,7 +48,6 @@ DEFAULT_OUT = "hpspec-demo"
 DEFAULT_KEEP = 0.75
 METHOD_ORDER = ("hierarchical", "koala", "bksdm")
 DEMO_SCHEMES = ("nf4", "int4")
-COLUMNS = ("method", "params kept", "weights", "prompt accuracy", "quality", "degradation")
 
 
 @dataclass(frozen=True)
@@ -70,18 +70,29 @@ def register(commands: argparse._SubParsersAction) -> None:
     demo.add_argument("--out", default=DEFAULT_OUT, help="where the tables, specs, plans and models go")
     demo.add_argument("--keep", type=float, default=DEFAULT_KEEP, help="fraction of parameters every method keeps")
     demo.add_argument("--force", action="store_true", help="re-measure and recompile")
+    demo.add_argument(
+        "--model",
+        choices=sorted(DEMO_MODELS),
+        default=DIGITS.name,
+        help="which embedded demo: digits (8x8 digits, the default) or shapes (GenEval on 32x32 scenes)",
+    )
     demo.set_defaults(handler=cmd_demo)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     started = time.monotonic()
-    rows = run_demo(out, keep=args.keep, say=lambda line: sys.stderr.write(line + "\n"), force=args.force)
-    sys.stdout.write(table_text(rows))
+    model = DEMO_MODELS[args.model]
+    rows = run_demo(out, keep=args.keep, say=_to_stderr, force=args.force, model=model)
+    sys.stdout.write(table_text(rows, model.metrics))
     sys.stdout.write(f"\nspecs, plans, tables and models are in {out}/\n")
     sys.stdout.write(f"the demo took {duration_text(time.monotonic() - started)}\n")
     sys.stdout.write(f"the comparison page: {out / REPORT_NAME}\n")
     return 0
+
+
+def _to_stderr(line: str) -> None:
+    sys.stderr.write(line + "\n")
 
 
 def run_demo(
@@ -93,21 +104,24 @@ def run_demo(
     force: bool = False,
     prompts: Sequence[str] | None = None,
     distill_steps: int = 200,
+    model: DemoModel = DIGITS,
 ) -> list[Row]:
-    """Every stage of the demo into `out`; the table's rows. The comparison page is written last."""
+    """Every stage of the demo (`model`: digits by default) into `out`; the table's rows. The
+    comparison page is written last."""
     out.mkdir(parents=True, exist_ok=True)
-    subject, knobs = demo_subject()
-    prompt_list = list(prompts) if prompts is not None else default_prompts()
+    subject, knobs = demo_subject(model=model)
+    prompt_list = list(prompts) if prompts is not None else model.default_prompts()
+    analysis_list = list(prompts) if prompts is not None else model.analysis_set()
     table_path = out / "sensitivity.json"
     say(f"1/4 analyze: removing each of the demo's blocks and parts ({table_path})")
-    settings = Settings(prompts=prompt_list, seeds=list(analysis_seeds), parts=True, generator=knobs)
+    settings = Settings(prompts=analysis_list, seeds=list(analysis_seeds), parts=True, generator=knobs)
     if force or not _table_matches(table_path, settings):
         analyze(subject, settings, table_path)
     say("2/4 evaluate the unpruned model")
     original = FirstBatch(subject.generator_for(subject.transformer))
     reference = evaluate(original, subject.scorer, prompt_list, list(seeds))
     write_text_atomic(out / "eval-original.json", dumps_json(reference))
-    run = DemoRun(out, subject, prompt_list, tuple(seeds), reference, table_path, force)
+    run = DemoRun(out, subject, prompt_list, tuple(seeds), reference, table_path, force, model)
     rows = [
         Row(
             "original",
@@ -122,8 +136,8 @@ def run_demo(
     ]
     for method in METHOD_ORDER:
         say(f"3/4 suggest + compile: {method} at keep {keep}")
-        spec = _suggest(method, table_path, keep, out)
-        pruned_dir = _compile(spec, out / method, table_path, force)
+        spec = _suggest(method, table_path, keep, out, model.target)
+        pruned_dir = _compile(spec, out / method, table_path, force, model.target)
         say(f"4/4 evaluate: {method}")
         rows.append(run.evaluate(method, spec, pruned_dir))
         if method == "hierarchical":
@@ -161,6 +175,7 @@ class DemoRun:
     reference: dict[str, Any]
     table: Path
     force: bool
+    model: DemoModel = DIGITS
 
     def evaluate(self, method: str, spec: Path, model_dir: Path) -> Row:
         """Load a stage directory, evaluate it against the original, keep its first images."""
@@ -194,7 +209,10 @@ def _repaired_rows(run: DemoRun, spec: Path, pruned: Path, steps: int, say: Call
     say(f"   distill: PWP + SGDistill (inverse), {steps} steps")
     distilled = pruned.parent / "distilled"
     if run.force or not distilled.is_dir():
-        distill_demo(pruned, distilled, steps=steps, weight="sensitivity", mode="inverse", table=run.table, force=True)
+        data = demo_data_folder(run.model, run.out / "distill-data")
+        teacher = resolve_model(run.model.target)
+        options = {"weight": "sensitivity", "mode": "inverse", "table": run.table, "data": data, "teacher": teacher}
+        distill_demo(pruned, distilled, steps=steps, force=True, **options)  # type: ignore[arg-type]
     _stage_report(distilled, run.table)
     rows = [run.evaluate("+ distill", spec, distilled)]
     for scheme in DEMO_SCHEMES:
@@ -246,23 +264,24 @@ def _table_matches(path: Path, settings: Settings) -> bool:
         return False
 
 
-def _suggest(method: str, table_path: Path, keep: float, out: Path) -> Path:
+def _suggest(method: str, table_path: Path, keep: float, out: Path, target: str = DIGITS.target) -> Path:
     """The spec `hpspec suggest --method METHOD --target demo ...` writes, written to OUT/METHOD.hps."""
     spec = out / f"{method}.hps"
-    text, _ = suggested_spec(SuggestRequest(method, "demo", str(table_path), keep), spec)
+    text, _ = suggested_spec(SuggestRequest(method, target, str(table_path), keep), spec)
     write_text_atomic(spec, text)
     return spec
 
 
-def _compile(spec: Path, out: Path, table: Path, force: bool) -> Path:
+def _compile(spec: Path, out: Path, table: Path, force: bool, target: str = DIGITS.target) -> Path:
     """`hpspec compile SPEC --model demo --out OUT --sensitivity TABLE`: the prune stage, with its report."""
-    model = resolve_model("demo")
+    model = resolve_model(target)
     plan, _ = load_stage_plan(str(spec), model)
     write_text_atomic(out.with_suffix(".plan.json"), plan.to_json())
     options = StageOptions(
         distill=DistillOptions(sensitivity=str(table)), report=write_stage_report
     )  # the table: for the report
-    result = compile_model(plan, model, out, force=force, options=options, progress=False, model_label="demo")
+    label = "demo" if target == DIGITS.target else str(model)
+    result = compile_model(plan, model, out, force=force, options=options, progress=False, model_label=label)
     return result.results[0].out  # the prune stage's directory
 
 
@@ -290,25 +309,29 @@ def _row_json(row: Row) -> dict[str, Any]:
 # The results: a table for the terminal, a page for the browser
 
 
-def row_cells(row: Row) -> list[str]:
+def columns_of(metrics: Sequence[str]) -> list[str]:
+    """The table's columns for a demo's metrics."""
+    return ["method", "params kept", "weights", *(m.replace("_", " ") for m in metrics), "degradation"]
+
+
+def row_cells(row: Row, metrics: Sequence[str] = DIGITS.metrics) -> list[str]:
     """One row of the table, formatted as both the terminal and the page show it."""
     if row.note:
-        return [row.method, f"{100 * row.params_kept:.1f}%", "-", "-", "-", "-"]
+        return [row.method, f"{100 * row.params_kept:.1f}%", "-", *("-" for _ in metrics), "-"]
     return [
         row.method,
         f"{100 * row.params_kept:.1f}%",
         "-" if row.weight_bytes is None else human_bytes(row.weight_bytes),
-        f"{row.metrics.get('prompt_accuracy', float('nan')):.3f}",
-        f"{row.metrics.get('quality', float('nan')):.3f}",
+        *(f"{row.metrics.get(m, float('nan')):.3f}" for m in metrics),
         "-" if row.degradation is None else f"{100 * row.degradation:.1f}%",
     ]
 
 
-def table_text(rows: Sequence[Row]) -> str:
+def table_text(rows: Sequence[Row], metrics: Sequence[str] = DIGITS.metrics) -> str:
     """The comparison as an aligned table; a `note` column only when some row did not run."""
     notes = any(r.note for r in rows)
-    body = [row_cells(r) + ([r.note] if notes else []) for r in rows]
-    return table(body, [*COLUMNS, *(["note"] if notes else [])]) + "\n"
+    body = [row_cells(r, metrics) + ([r.note] if notes else []) for r in rows]
+    return table(body, [*columns_of(metrics), *(["note"] if notes else [])]) + "\n"
 
 
 def comparison(rows: Sequence[Row], run: DemoRun, keep: float) -> Comparison:
@@ -322,9 +345,9 @@ def comparison(rows: Sequence[Row], run: DemoRun, keep: float) -> Comparison:
     ]
     return Comparison(
         title="hpspec demo: HierarchicalPrune, KOALA and BK-SDM at one budget",
-        subtitle=f"the embedded demo model; {len(run.prompts)} prompts, seeds {', '.join(map(str, run.seeds))}",
-        columns=[*COLUMNS, *(["note"] if notes else [])],
-        rows=[row_cells(r) + ([r.note] if notes else []) for r in rows],
+        subtitle=f"the embedded {run.model.name} demo; {len(run.prompts)} prompts, seeds {', '.join(map(str, run.seeds))}",
+        columns=[*columns_of(run.model.metrics), *(["note"] if notes else [])],
+        rows=[row_cells(r, run.model.metrics) + ([r.note] if notes else []) for r in rows],
         plans=plans,
         sensitivity=load_table(run.table),
         prompts=run.prompts,

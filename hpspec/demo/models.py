@@ -28,6 +28,7 @@ class DemoModel:
     loader: str  # "module:function": a transformer directory (None: the shipped one) -> nn.Module
     scorer: str  # "module:Class", constructed with no arguments
     prompts: str  # "module:function" -> the fixed evaluation prompt list
+    analysis_prompts: str  # "module:function" -> the prompts `analyze` removes each block and part over
     steps: int  # sampler defaults
     guidance: float
     scorer_label: str  # how a sensitivity table names the scorer
@@ -35,6 +36,11 @@ class DemoModel:
     # None: the distill stage's built-in digits (`--data demo`); else "module:function" -> (images
     # (N, C, H, W) in model space, their prompts), which the distill step encodes into a data folder.
     distill_examples: str | None = None
+
+    @property
+    def target(self) -> str:
+        """What `--target`/`--model` call it: `demo` for the digits, the shipped directory otherwise."""
+        return "demo" if self.name == "digits" else str(self.transformer_dir)
 
     def load_transformer(self, path: str | Path | None = None) -> Any:
         return _attribute(self.loader)(path)
@@ -44,6 +50,9 @@ class DemoModel:
 
     def default_prompts(self) -> list[str]:
         return list(_attribute(self.prompts)())
+
+    def analysis_set(self) -> list[str]:
+        return list(_attribute(self.analysis_prompts)())
 
     def distill_set(self) -> tuple[Any, list[str]] | None:
         """(images, prompts) to distil on; None for the built-in digits."""
@@ -63,6 +72,7 @@ DIGITS = DemoModel(
     loader="hpspec.demo.model:load_demo_transformer",
     scorer="hpspec.demo.scorer:DemoScorer",
     prompts="hpspec.demo.prompts:default_prompts",
+    analysis_prompts="hpspec.demo.prompts:default_prompts",
     steps=10,
     guidance=1.5,
     scorer_label="demo-digits",
@@ -77,6 +87,7 @@ SHAPES = DemoModel(
     loader="hpspec.demo.shapes.model:load_shapes_transformer",
     scorer="hpspec.demo.shapes.scorer:ShapesScorer",
     prompts="hpspec.demo.shapes.prompts:eval_prompts",
+    analysis_prompts="hpspec.demo.shapes.prompts:analysis_prompts",
     steps=10,
     guidance=3.0,
     scorer_label="shapes-geneval",

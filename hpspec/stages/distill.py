@@ -42,7 +42,7 @@ from hpspec.method.sensitivity import check_table_fits, load_table
 from hpspec.method.sgdistill import Guidance, frozen_by, guidance
 from hpspec.model.safetensors_header import TORCH_DTYPES as DTYPE_NAMES
 from hpspec.model.safetensors_header import read_header
-from hpspec.model.targets import find_transformer
+from hpspec.model.targets import DEMO, find_transformer
 from hpspec.plan.check import DISTILL_OPTIONS
 from hpspec.plan.plan import DistillPlan, Plan
 from hpspec.plan.schema import load_plan_file
@@ -356,8 +356,11 @@ def distill_demo(
     seed: int = 0,
     force: bool = False,
     progress: bool = False,
+    data: str = DEMO,
+    teacher: Path | None = None,
 ) -> StageResult:
-    """Distil a pruned demo checkpoint (`OUT/<method>/pruned`) against the demo on its digits.
+    """Distil a pruned demo checkpoint (`OUT/<method>/pruned`) against the demo on its digits
+    (or against `teacher` on `data`: another demo's, see `build.demo_data_folder`).
 
     The pruned directory's plan gives the freeze set; its distill settings (or the reference
     recipe's, when the spec has none) are replaced by these. Returns the stage's result; its
@@ -367,7 +370,9 @@ def distill_demo(
     base = plan.distill or DistillPlan(**{k: o.default for k, o in DISTILL_OPTIONS.items()})  # type: ignore[arg-type]
     settings = replace(base, steps=steps, lr=lr, batch=batch, weight=weight, mode=mode, table=None, seed=seed)
     plan = replace(plan, distill=settings)
-    own = DistillOptions(data="demo", teacher=str(resolve_model("demo")), sensitivity=str(table) if table else None)
+    own = DistillOptions(
+        data=data, teacher=str(teacher or resolve_model(DEMO)), sensitivity=str(table) if table else None
+    )
     result = run_distill(StageInput(plan, Path(pruned), StageOptions(distill=own), progress), Path(out), force)
     assert result is not None  # one process
     return result

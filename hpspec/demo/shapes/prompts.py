@@ -197,3 +197,8 @@ def eval_prompts(per_category: int = 8) -> list[str]:
         step = len(pool) / per_category
         chosen += [pool[int(i * step) % len(pool)] for i in range(per_category)]
     return chosen
+
+
+def analysis_prompts() -> list[str]:
+    """What `analyze` measures each removal on: 4 eval prompts per category (the eval set's half)."""
+    return eval_prompts(per_category=4)

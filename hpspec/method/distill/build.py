@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from hpspec.core.errors import DataError
 from hpspec.core.io import atomic_directory, dumps_json
+from hpspec.demo.models import DemoModel
 from hpspec.method.distill.data import (
     DEFAULT_UNCONDITIONAL_FRACTION,
     FORMAT,
@@ -25,6 +26,7 @@ from hpspec.method.distill.data import (
     VERSION,
     Shapes,
 )
+from hpspec.model.targets import DEMO
 
 if TYPE_CHECKING:
     import torch
@@ -201,3 +203,25 @@ def _square(pipe: Any, image: Any, resolution: int) -> torch.Tensor:
         left, top = (image.size[0] - resolution) // 2, (image.size[1] - resolution) // 2
         image = image.crop((left, top, left + resolution, top + resolution))
     return pipe.image_processor.preprocess(image, height=resolution, width=resolution)
+
+
+def demo_data_folder(model: DemoModel, out: Path) -> str:
+    """`--data` for distilling an embedded demo: `demo` for the digits (built in), else the model's
+    own examples (`DemoModel.distill_set`) encoded by the demo's text encoder into a folder at
+    `out`, written once and reused."""
+    if model.distill_examples is None:
+        return DEMO
+    if not (Path(out) / MANIFEST_NAME).is_file():
+        import torch
+
+        from hpspec.demo.text import load_text_encoder
+
+        images, prompts = model.distill_set() or ((), [])
+        encoder = load_text_encoder()
+
+        def encode_text(captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+            text = encoder.encode(captions)
+            return text.states, text.pooled
+
+        write_data_folder(out, zip(images, prompts), torch.stack, encode_text, batch_size=256, description=model.name)
+    return str(out)
