@@ -17,6 +17,7 @@ next one's peak:
   fastest of ``--repeats`` passes, since one short pass is noisy on shared cores).
 
 Peak memory is the process's peak RSS growth during the route (``method.footprint.PeakMemory``, CPU).
+Seconds are wall and CPU time; the ratios use CPU time, which a busy machine disturbs far less.
 The probe ratio is per ranked entry: analysis seconds per entry over probe seconds per ranked block
 (goal >= 50x). Ratios are against routes measured in the same run.
 
@@ -109,7 +110,7 @@ def run_route(route: str, args: argparse.Namespace, subject: Any = None) -> dict
     graph = graph_from_module(subject.transformer, subject.name)
     todo = removals(graph, parts=False)
     with torch.no_grad(), PeakMemory("cpu") as meter:
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         if route == "inplace":
             analyze(subject, settings, workdir / "table.json", progress=False)
         elif route.startswith("deepcopy"):
@@ -120,20 +121,21 @@ def run_route(route: str, args: argparse.Namespace, subject: Any = None) -> dict
                 del model
                 if route == "deepcopy-gc":
                     gc.collect()
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
         if route == "probe":
-            seconds = min(_timed(lambda: probe_analysis(subject, settings, PROBES, workdir / "p.json"))
-                          for _ in range(args.repeats))  # fmt: skip
+            seconds, cpu = min(_timed(lambda: probe_analysis(subject, settings, PROBES, workdir / "p.json"))
+                               for _ in range(args.repeats))  # fmt: skip
     passes = 1 if route == "probe" else len(todo) + 1
     weights = sum(p.numel() * p.element_size() for p in subject.transformer.parameters())
-    return {"route": route, "seconds": seconds, "passes": passes, "ranked": len(todo), "peak": meter.measured,
+    return {"route": route, "seconds": seconds, "cpu": cpu, "passes": passes, "ranked": len(todo), "peak": meter.measured,
             "weights": weights}  # fmt: skip
 
 
-def _timed(work: Callable[[], object]) -> float:
-    start = time.perf_counter()
+def _timed(work: Callable[[], object]) -> tuple[float, float]:
+    """Wall and CPU seconds of `work` (CPU time: what the work costs whatever else shares the cores)."""
+    start, cpu = time.perf_counter(), time.process_time()
     work()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 def table_text(rows: Sequence[dict[str, Any]]) -> str:
@@ -144,18 +146,19 @@ def table_text(rows: Sequence[dict[str, Any]]) -> str:
     label = {"inplace": "analyze, in-place swap", "deepcopy": "analyze, deep copy (as before)",
              "deepcopy-gc": "analyze, deep copy + gc.collect", "probe": "probe pass"}  # fmt: skip
     body = [
-        [label[r["route"]], f"{r['seconds']:.2f}", str(r["passes"]), f"{r['seconds'] / r['passes']:.3f}",
-         f"{r['seconds'] / r['ranked']:.4f}", human_bytes(r["peak"])]
+        [label[r["route"]], f"{r['seconds']:.2f}", f"{r['cpu']:.2f}", str(r["passes"]), f"{r['cpu'] / r['passes']:.3f}",
+         f"{r['cpu'] / r['ranked']:.4f}", human_bytes(r["peak"])]
         for r in rows
     ]  # fmt: skip
-    lines = [table(body, ["route", "seconds", "passes", "s/pass", "s/ranked entry", "peak RSS growth"]), ""]
+    header = ["route", "wall s", "cpu s", "passes", "cpu s/pass", "cpu s/ranked entry", "peak RSS growth"]
+    lines = [table(body, header), "", "ratios of CPU seconds (wall time moves with whatever shares the cores):"]
     inplace, probe = by["inplace"], by["probe"]
     lines.append(f"blocks ranked: {inplace['ranked']}; transformer weights: {human_bytes(inplace['weights'])}")
     for name in ("deepcopy", "deepcopy-gc"):
         deep = by[name]
-        lines.append(f"{label[name]} / in place: seconds per entry {deep['seconds'] / inplace['seconds']:.2f}x, "
+        lines.append(f"{label[name]} / in place: seconds per entry {deep['cpu'] / inplace['cpu']:.2f}x, "
                      f"peak RSS growth {deep['peak'] / max(inplace['peak'], 1):.2f}x")  # fmt: skip
-    ratio = (inplace["seconds"] / inplace["ranked"]) / (probe["seconds"] / probe["ranked"])
+    ratio = (inplace["cpu"] / inplace["ranked"]) / (probe["cpu"] / probe["ranked"])
     lines.append(f"probes per ranked entry vs analysis: {ratio:.1f}x faster (goal >= 50x)")
     return "\n".join(lines)
 

@@ -6,6 +6,7 @@ numbers; the JSON's columns; bad inputs as one error line."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -170,6 +171,21 @@ def test_a_quantized_stage_against_a_transformer_directory(
     assert data["reference"]["kind"] == "transformer" and data["reference"]["settings"]["dtype"] == "bf16"
     ref = by_hand(tiny_sd3_dir, tiny_clip_dir, [0], torch_dtype=torch.bfloat16)
     assert data["reference"]["clip_score"] == pytest.approx(ref, abs=1e-6)
+
+
+def test_a_quantized_stage_without_its_backend_is_one_error_line(
+    cli, out: Path, tiny_sd3_dir: Path, tiny_clip_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """optimum-quanto missing (its hpspec back end unimportable): one line naming the extra to install."""
+    monkeypatch.setitem(sys.modules, "hpspec.weights.backends.quanto", None)
+    result = cli(
+        "eval", "--model", out / "int4" / "quantized", "--pipeline", tiny_sd3_dir,
+        "--scorer", f"clip={tiny_clip_dir}", "--prompts", out / "prompts.txt", "--seeds", "1", *KNOBS,
+    )  # fmt: skip
+    assert result.code == 1 and result.out == ""
+    errors = [line for line in result.err.splitlines() if "error:" in line]  # after the scorer's loading bar
+    assert len(errors) == 1 and errors[0].split("error:")[1].strip().startswith("quantize int4 needs optimum-quanto")
+    assert "hpspec[quanto]" in errors[0] and result.err.rstrip().endswith(errors[0].split("error:")[1].strip())
 
 
 USAGE, INPUT = 2, 1  # a wrong command line (UsageError), a wrong thing on disk (TargetError)
