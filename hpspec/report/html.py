@@ -90,6 +90,7 @@ def build_page(inputs: ReportInputs) -> dict[str, Any]:
         "summary": _summary(plan),
         "block_map": block_map(plan, layouts, fates, layout_note),
         "sensitivity": sensitivity_section(inputs.sensitivity, plan, layouts, fates),
+        "contact_sheet": inputs.contact_sheet,
         "evaluation": _evaluation(inputs.evaluation),
         "evidence": evidence_table(inputs.evidence),
         "lora": evidence_table(lora_rows(inputs.lora)),

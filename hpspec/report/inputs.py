@@ -19,6 +19,7 @@ from hpspec.method.sensitivity import SensitivityTable, load_table
 from hpspec.plan.front import plan_spec
 from hpspec.plan.plan import Plan
 from hpspec.plan.schema import load_plan
+from hpspec.report.contact_sheet import load_contact_sheet
 from hpspec.report.images import checked_grid
 from hpspec.report.lora import load_coverage
 
@@ -33,6 +34,7 @@ class ReportInputs:
     labels: tuple[str, str] = ("old plan", "this plan")  # names of `against` and `plan` in the diff
     scales: Mapping[str, float] | None = None  # SGDistill scales (a distill stage's scales.json)
     lora: Sequence[Mapping[str, Any]] | None = None  # `hpspec lora` coverage files (report/lora.py)
+    contact_sheet: Mapping[str, Any] | None = None  # `analyze --save-images` beside the table (report/contact_sheet.py)
 
 
 def is_number(value: Any) -> bool:
@@ -94,6 +96,7 @@ def load_inputs(
         labels=(str(against), str(plan)) if against else ("old plan", "this plan"),
         scales=read_json_input(Path(scales), "scales") if scales else None,
         lora=[load_coverage(p) for p in lora] if lora else None,
+        contact_sheet=load_contact_sheet(Path(sensitivity)) if sensitivity else None,
     )
 
 

@@ -136,3 +136,19 @@ def test_save_images_keeps_each_entrys_first_images(
         torch.from_numpy(np.array(Image.open(folder / "blocks[0].0.png"))),
         torch.from_numpy(np.array(Image.open(folder / "__full__.0.png"))),
     )
+    # The report's contact sheet embeds every kept file, the unpruned model's first.
+    import base64
+
+    spec = tmp_path / "s.hps"
+    spec.write_text(f'target "{tiny_sd3_dir / "transformer"}"\ndrop block[1].mlp\n', encoding="utf-8")
+    page = tmp_path / "r.html"
+    result = cli("report", spec, "--sensitivity", out, "-o", page)
+    assert result.code == 0, result.err
+    html = page.read_text(encoding="utf-8")
+    assert 'id="contact-sheet"' in html and html.index("unpruned model") < html.index("<figcaption>blocks[0]")
+    for names in index["entries"].values():
+        for name in names:
+            assert base64.b64encode((folder / name).read_bytes()).decode() in html
+    (folder / "blocks[1].1.png").write_bytes(b"not a png")
+    result = cli("report", spec, "--sensitivity", out, "-o", tmp_path / "bad.html")
+    assert result.code == 1 and "not a PNG" in result.err and not (tmp_path / "bad.html").exists()
