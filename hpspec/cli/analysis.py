@@ -51,7 +51,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     analyze.add_argument("--size", type=int, help="image side in pixels (pipelines; default: the pipeline's)")
     analyze.add_argument("--batch-size", type=int, default=4, help="images per pipeline call (pipelines)")
     analyze.add_argument("--max-sequence-length", type=int, help="T5 tokens (pipelines; default: the pipeline's)")
-    analyze.add_argument("--device", help="where the pipeline runs, e.g. cuda (pipelines)")
+    analyze.add_argument("--device", help="where the pipeline runs (pipelines; default: this rank's GPU, else the CPU)")
     analyze.add_argument("--dtype", choices=tuple(DTYPES), help="the pipeline's weights (pipelines)")
     analyze.add_argument("--offload", action="store_true", help="enable_model_cpu_offload (pipelines)")
     analyze.add_argument("--save-images", type=int, default=0, metavar="N", help="keep N images per entry (PNG)")
@@ -184,6 +184,16 @@ def _relative(path: Path, output: Path | None) -> str:
     return Path(os.path.relpath(path.resolve(), base.resolve())).as_posix()
 
 
+def _device(asked: str | None, state: Any) -> str | None:
+    """`--device`, except that a bare `cuda` (or none, where CUDA is) under several processes is each
+    rank's own GPU (accelerate's `state.device`, cuda:LOCAL_RANK)."""
+    import torch
+
+    if asked in (None, "cuda") and torch.cuda.is_available():
+        return str(state.device)
+    return asked
+
+
 PIPELINE_ONLY = ("size", "max_sequence_length", "device", "dtype", "offload")
 
 
@@ -235,9 +245,10 @@ def _pipeline_subject(
     if probes is None and args.scorer is None:
         raise UsageError(f"hpspec analyze --model {args.model}: give --scorer (clip=DIR_OR_ID, pickscore=..., hpsv2, "
                          "imagereward), or --probe cosine,mse,cka")  # fmt: skip
-    named = scorer_from_spec(args.scorer, device=args.device) if probes is None else None
+    device = _device(args.device, state)
+    named = scorer_from_spec(args.scorer, device=device) if probes is None else None
     sampling = Sampling(args.steps, args.guidance, args.size, args.batch_size)
-    request = PipelineRequest(args.model, sampling, args.device, args.dtype, args.offload, args.max_sequence_length)
+    request = PipelineRequest(args.model, sampling, device, args.dtype, args.offload, args.max_sequence_length)
     scorer, name = (named.scorer, named.name) if named is not None else (None, "none (probes only)")
     return pipeline_subject(request, scorer, name, prompts, output, rank=state.process_index,
                             barrier=state.wait_for_everyone)  # fmt: skip
