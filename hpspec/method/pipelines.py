@@ -135,8 +135,11 @@ def load_pipeline(
     `components` replace the pipeline's own (``transformer=...``); `offload` runs
     ``enable_model_cpu_offload`` (each component moves to `device` only while it runs).
     """
+    import torch
     from diffusers import DiffusionPipeline
 
+    if offload and not torch.cuda.is_available() and not str(device or "").startswith(("xpu", "mps")):
+        raise PipelineError("--offload needs a GPU: enable_model_cpu_offload moves each component to it while it runs")
     kwargs: dict[str, Any] = dict(components or {})
     if dtype is not None:
         kwargs["torch_dtype"] = torch_dtype(dtype)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("torch")
+torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
@@ -51,6 +51,8 @@ def test_bad_inputs_are_one_error_and_write_nothing(cli, tiny_sd3_dir: Path, pro
     _one_error(cli(*model, "--probe", "cosine", "--take", "3", "-o", out), "give the file", tmp_path, before)
     _one_error(cli(*model, "--probe", "cosine", "-o", tmp_path / "no" / "t.json"), "does not exist", tmp_path, before)
     _one_error(cli("analyze", "--model", "demo", "--dtype", "bf16", "-o", out), "--dtype applies", tmp_path, before)
+    if not torch.cuda.is_available():
+        _one_error(cli(*model, "--probe", "cosine", "--offload", "-o", out), "--offload needs a GPU", tmp_path, before)
     _one_error(cli("analyze", "--model", tmp_path, "--probe", "cosine", "-o", out), "neither", tmp_path, before)
     _one_error(cli("analyze", "--model", "nobody-hpspec/absent", "--probe", "cosine", "-o", out),
                "HF_HUB_OFFLINE", tmp_path, before)  # fmt: skip
@@ -112,7 +114,6 @@ def test_save_images_keeps_each_entrys_first_images(
 ) -> None:
     """`--save-images 2`: two PNGs per entry; the full model's equal the pipeline's own images (8 bits)."""
     import numpy as np
-    import torch
     from PIL import Image
 
     from hpspec.method.pipelines import DiffusersPipelineGenerator
