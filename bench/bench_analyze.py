@@ -4,7 +4,8 @@ against the deep-copy route it replaced, and the probe pass against the generati
 The pipeline is a diffusers FluxPipeline built from config with FLUX.1's block counts (19 double,
 38 single), narrow (2 heads x 64), tiny CLIP and T5 encoders, a one-level VAE, 16x16 images, 16 text
 tokens, scored by a tiny CLIP scorer (builders from tests/tiny_pipelines.py; random weights, nothing
-downloaded). Three routes, each in its own process so that one's freed memory does not hide the
+downloaded), saved and loaded back as `hpspec analyze --model DIR` loads a pipeline
+(``method.pipeline_subject``: every prompt encoded once, the encoders released). Three routes, each in its own process so that one's freed memory does not hide the
 next one's peak:
 
 - ``inplace``: ``hpspec.method.analyze.analyze``, every block removed in turn by swapping modules of
@@ -47,16 +48,18 @@ PROMPTS = ("a red cat", "a blue dog", "a green bird", "a yellow house", "two boa
 
 
 def build_subject(args: argparse.Namespace, workdir: Path) -> Any:
-    """A FluxPipeline of the requested shape and a CLIP scorer, as an analysis Subject."""
+    """A FluxPipeline of the requested shape, saved and loaded back as `hpspec analyze` loads one
+    (``method.pipeline_subject``: prompts encoded once, encoders released), with a tiny CLIP scorer."""
     import torch
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPTextModel
 
-    from hpspec.method.analyze import Subject
-    from hpspec.method.pipelines import DiffusersPipelineGenerator
+    from hpspec.method.pipeline_subject import PipelineRequest, pipeline_subject
+    from hpspec.method.pipelines import Sampling
     from hpspec.method.scorers import CLIPScorer
     from tests.tiny_pipelines import (
         TEXT_TOKENS,
+        save_pipeline,
         tiny_clip_model,
         tiny_clip_text_config,
         tiny_clip_tokenizer,
@@ -79,17 +82,23 @@ def build_subject(args: argparse.Namespace, workdir: Path) -> Any:
         text_encoder=CLIPTextModel(tiny_clip_text_config(len(tokenizer))), tokenizer=tokenizer,
         text_encoder_2=tiny_t5(len(t5_tokenizer)), tokenizer_2=t5_tokenizer,
     )  # fmt: skip
-    pipe.set_progress_bar_config(disable=True)
-    knobs = dict(steps=args.steps, guidance=3.5, height=args.size, width=args.size, batch_size=args.prompts,
-                 call_kwargs={"max_sequence_length": TEXT_TOKENS})  # fmt: skip
-
-    def generator_for(module: torch.nn.Module) -> DiffusersPipelineGenerator:
-        own = pipe if module is pipe.transformer else type(pipe)(**{**pipe.components, "transformer": module})
-        own.set_progress_bar_config(disable=True)
-        return DiffusersPipelineGenerator(own, **knobs)  # type: ignore[arg-type]
-
+    save_pipeline(pipe, workdir / "pipe")
     scorer = CLIPScorer.from_pretrained(tiny_clip_model(workdir / "clip"))
-    return Subject("flux-shaped", pipe.transformer, generator_for, scorer, "clip (tiny)")
+    sampling = Sampling(args.steps, 3.5, args.size, args.prompts)
+    request = PipelineRequest(str(workdir / "pipe"), sampling, max_sequence_length=TEXT_TOKENS)
+    subject, _ = pipeline_subject(request, scorer, "clip (tiny)", list(PROMPTS[: args.prompts]), workdir / "t.json")
+    return subject
+
+
+def with_transformer(subject: Any, module: Any) -> Any:
+    """The subject's generator around another transformer (the deep-copy route): the same pipeline
+    components and cached embeddings, `module` in the transformer's place."""
+    from hpspec.method.pipelines import EmbeddedGenerator
+
+    own = subject.generator_for(subject.transformer)
+    pipeline = type(own.pipeline)(**{**own.pipeline.components, "transformer": module})
+    pipeline.set_progress_bar_config(disable=True)
+    return EmbeddedGenerator(pipeline, own.embeddings, own.sampling)
 
 
 def run_route(route: str, args: argparse.Namespace, subject: Any = None) -> dict[str, Any]:
@@ -117,7 +126,8 @@ def run_route(route: str, args: argparse.Namespace, subject: Any = None) -> dict
             measure(subject, settings)
             for removal in todo:
                 model = apply(removal_plan(graph, removal), copy.deepcopy(subject.transformer))
-                measure(Subject(subject.name, model, subject.generator_for, subject.scorer, ""), settings)
+                copied = Subject(subject.name, model, lambda m: with_transformer(subject, m), subject.scorer, "")
+                measure(copied, settings)
                 del model
                 if route == "deepcopy-gc":
                     gc.collect()
