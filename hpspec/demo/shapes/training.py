@@ -18,7 +18,7 @@ from hpspec.demo.text import TextEncoder, TextEncoding
 from hpspec.demo.training import Checkpoint, Log, TransformerTraining, drop_condition, train_flow
 
 POOL_SIZE = 60000
-DISTILL_SCENES = 2048  # the distill step's data: train-split scenes of another seed
+DISTILL_SCENES = 1024  # the distill step's data: train-split scenes of another seed
 DISTILL_SEED = 1
 
 
