@@ -115,7 +115,7 @@ def _demo_eval(args: argparse.Namespace) -> dict[str, Any]:
 
 def _pipeline_eval(args: argparse.Namespace) -> dict[str, Any]:
     """Every input checked before anything loads; then the reference and the model, one at a time."""
-    from hpspec.method.eval_models import Generation, evaluate_models, model_ref, require_pipeline
+    from hpspec.method.eval_models import Generation, evaluate_models, model_ref, require_pipeline, settled
     from hpspec.method.scorers import parse_scorer, scorer_from_spec
 
     model = model_ref(args.model, "--model")
@@ -129,10 +129,10 @@ def _pipeline_eval(args: argparse.Namespace) -> dict[str, Any]:
     prompts = prompt_list(args.prompts, args.take, args.seed)
     if args.seeds < 1:
         raise UsageError(f"--seeds {args.seeds}: expected at least 1")
-    generation = Generation(
+    generation = settled(model, Generation(
         _device(args.device), args.dtype, args.offload, args.steps, args.guidance, args.size,
         max_sequence_length=args.max_sequence_length,
-    )  # fmt: skip
+    ))  # fmt: skip
     named = scorer_from_spec(spec, device=generation.device)
     result = evaluate_models(
         model,

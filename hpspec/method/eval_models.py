@@ -159,27 +159,41 @@ def load_generator(model: ModelRef, pipeline: str | None, generation: Generation
     return Loaded(generator, footprint(transformer, parameters), generation)
 
 
+def quantized_compute(model: ModelRef) -> str | None:
+    """The compute dtype of a quantized stage directory (None for anything else)."""
+    if model.kind != STAGE or "quantization_config" not in read_config(model.path / CONFIG_NAME):
+        return None
+    quantize = load_plan_file(model.path / PLAN_NAME).quantize
+    return quantize.compute if quantize is not None else None
+
+
+def settled(model: ModelRef, generation: Generation) -> Generation:
+    """The generation settings a model runs at: a quantized stage fixes the dtype to its compute dtype
+    (and refuses another), for the reference too, so that both sides run alike."""
+    compute = quantized_compute(model)
+    if compute is None:
+        return generation
+    if generation.dtype not in (None, compute):
+        raise UsageError(
+            f"{model.option} {model.where} is quantized with compute {compute}: pass --dtype {compute} "
+            "(or leave --dtype out)"
+        )
+    return replace(generation, dtype=compute)
+
+
 def _transformer(model: ModelRef, generation: Generation) -> tuple[nn.Module, int | None, Generation]:
     """A stage or transformer directory as a module, the parameters it stands for (a stage's plan),
-    and the generation settings with the dtype a quantized stage computes in."""
-    config = read_config(model.path / CONFIG_NAME)
+    and the generation settings it runs at (``settled``)."""
+    generation = settled(model, generation)
     if model.kind == STAGE:
         from hpspec.weights.load import load_pretrained  # torch
 
         plan = load_plan_file(model.path / PLAN_NAME)
-        if "quantization_config" in config and plan.quantize is not None:
-            compute = plan.quantize.compute
-            if generation.dtype not in (None, compute):
-                raise UsageError(
-                    f"{model.option} {model.where} is quantized with compute {compute}: pass --dtype {compute} "
-                    "(or leave --dtype out)"
-                )
-            generation = replace(generation, dtype=compute)
-            return load_pretrained(model.path), plan.params.after_prune, generation
-        return load_pretrained(model.path, torch_dtype(generation.dtype_name())), plan.params.after_prune, generation
+        dtype = None if quantized_compute(model) else torch_dtype(generation.dtype_name())
+        return load_pretrained(model.path, dtype), plan.params.after_prune, generation
     import diffusers
 
-    cls = getattr(diffusers, str(config["_class_name"]))
+    cls = getattr(diffusers, str(read_config(model.path / CONFIG_NAME)["_class_name"]))
     return cls.from_pretrained(model.where, torch_dtype=torch_dtype(generation.dtype_name())), None, generation
 
 
@@ -227,6 +241,7 @@ def evaluate_models(
     """``evaluate`` on real pipelines: the reference first (when given), then the model, one loaded at a
     time, each with its peak memory during generation, parameters and weight bytes; the result holds
     the reference's own result under ``reference`` and, against it, ``relative_drop`` and ``degradation``."""
+    generation = settled(model, generation)
     ref = _measured(reference, None, scorer, prompts, seeds, pipeline, generation, progress) if reference else None
     result = _measured(model, ref, scorer, prompts, seeds, pipeline, generation, progress)
     if ref is not None:

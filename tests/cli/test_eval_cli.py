@@ -159,7 +159,7 @@ def test_a_quantized_stage_against_a_transformer_directory(
     plan = json.loads((out / "int4" / "quantized" / "plan.json").read_text())
     result = cli(
         "eval", "--model", out / "int4" / "quantized", "--pipeline", tiny_sd3_dir,
-        "--reference", tiny_sd3_dir / "transformer", "--dtype", "bf16",
+        "--reference", tiny_sd3_dir / "transformer",
         "--scorer", f"clip={tiny_clip_dir}", "--prompts", out / "prompts.txt", "--seeds", "1", *KNOBS, "--json",
     )  # fmt: skip
     assert result.code == 0, result.err
@@ -168,6 +168,7 @@ def test_a_quantized_stage_against_a_transformer_directory(
     assert data["weight_bytes"] < file_bytes(out / "int4" / "pruned") / 2
     assert data["settings"]["dtype"] == plan["quantize"]["compute"] == "bf16"
     assert 0.0 <= data["clip_score"] <= 1.0
+    # Without --dtype, the reference runs at the quantized stage's compute dtype too.
     assert data["reference"]["kind"] == "transformer" and data["reference"]["settings"]["dtype"] == "bf16"
     ref = by_hand(tiny_sd3_dir, tiny_clip_dir, [0], torch_dtype=torch.bfloat16)
     assert data["reference"]["clip_score"] == pytest.approx(ref, abs=1e-6)
@@ -206,6 +207,11 @@ USAGE, INPUT = 2, 1  # a wrong command line (UsageError), a wrong thing on disk 
         (["--model", "{sd3}", "--scorer", "clip={clip}", "--offload"], USAGE, "needs --device cuda"),
         (["--model", "demo", "--scorer", "clip={clip}"], USAGE, "scored by --scorer demo"),
         (["--model", "{out}/block", "--pipeline", "{sd3}", "--scorer", "clip={clip}"], INPUT, "did you mean"),
+        (
+            ["--model", "{out}/int4/quantized", "--pipeline", "{sd3}", "--scorer", "clip={clip}", "--dtype", "fp32"],
+            USAGE,
+            "quantized with compute bf16",
+        ),
         (
             ["--model", "{sd3}", "--pipeline", "{out}/block/pruned", "--scorer", "clip={clip}"],
             INPUT,
