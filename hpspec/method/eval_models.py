@@ -16,6 +16,7 @@ torch and diffusers are imported when a model loads, so importing this module st
 from __future__ import annotations
 
 import gc
+import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -198,7 +199,8 @@ def _transformer(model: ModelRef, generation: Generation) -> tuple[nn.Module, in
 
 
 def _pipeline(where: str, transformer: nn.Module | None, generation: Generation) -> DiffusersPipelineGenerator:
-    """``where``'s pipeline (``pipelines.load_pipeline``), ``transformer`` in place of its own when given."""
+    """``where``'s pipeline (``pipelines.load_pipeline``), ``transformer`` in place of its own when given;
+    steps and guidance not given are the pipeline's own defaults (its ``__call__`` signature's)."""
     pipeline = load_pipeline(
         where,
         dtype=generation.dtype_name(),
@@ -206,7 +208,12 @@ def _pipeline(where: str, transformer: nn.Module | None, generation: Generation)
         offload=generation.offload,
         components={"transformer": transformer} if transformer is not None else None,
     )
-    return DiffusersPipelineGenerator(pipeline, **generation.knobs())
+    knobs = generation.knobs()
+    for knob, argument in (("steps", "num_inference_steps"), ("guidance", "guidance_scale")):
+        default = inspect.signature(pipeline.__call__).parameters.get(argument)
+        if knob not in knobs and default is not None and isinstance(default.default, (int, float)):
+            knobs[knob] = default.default
+    return DiffusersPipelineGenerator(pipeline, **knobs)
 
 
 def release(loaded: Loaded | None) -> None:
@@ -266,5 +273,7 @@ def _measured(
     finally:
         release(loaded)
     result.update(loaded.footprint.as_dict(), **describe(model, pipeline))
-    result["settings"] = {**loaded.generation.as_dict(), "seeds": list(seeds), "prompts": len(prompts)}
+    ran = loaded.generator
+    result["settings"] = {**loaded.generation.as_dict(), "steps": ran.steps, "guidance": ran.guidance,
+                          "seeds": list(seeds), "prompts": len(prompts)}  # fmt: skip
     return result

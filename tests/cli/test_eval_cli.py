@@ -45,9 +45,15 @@ def out(tiny_sd3_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def by_hand(
-    pipeline_dir: Path, clip_dir: Path, seeds: list[int], transformer: torch.nn.Module | None = None, **parts: object
+    pipeline_dir: Path,
+    clip_dir: Path,
+    seeds: list[int],
+    transformer: torch.nn.Module | None = None,
+    guidance: float | None = GUIDANCE,
+    **parts: object,
 ) -> float:
-    """The pipeline as diffusers runs it (the transformer put in through from_pretrained), CLIP-scored."""
+    """The pipeline as diffusers runs it (the transformer put in through from_pretrained), CLIP-scored;
+    `guidance` None: the pipeline's own default."""
     from diffusers import StableDiffusion3Pipeline
 
     from hpspec.method.scorers import CLIPScorer
@@ -61,8 +67,8 @@ def by_hand(
         generator = torch.Generator("cpu").manual_seed(seed)
         images.append(
             pipe(
-                prompt=PROMPTS, num_inference_steps=STEPS, guidance_scale=GUIDANCE, height=SIZE, width=SIZE,
-                generator=generator, output_type="pt",
+                prompt=PROMPTS, num_inference_steps=STEPS, height=SIZE, width=SIZE, generator=generator,
+                output_type="pt", **({} if guidance is None else {"guidance_scale": guidance}),
             ).images
         )  # fmt: skip
     scorer = CLIPScorer.from_pretrained(clip_dir)
@@ -159,8 +165,8 @@ def test_a_quantized_stage_against_a_transformer_directory(
     plan = json.loads((out / "int4" / "quantized" / "plan.json").read_text())
     result = cli(
         "eval", "--model", out / "int4" / "quantized", "--pipeline", tiny_sd3_dir,
-        "--reference", tiny_sd3_dir / "transformer",
-        "--scorer", f"clip={tiny_clip_dir}", "--prompts", out / "prompts.txt", "--seeds", "1", *KNOBS, "--json",
+        "--reference", tiny_sd3_dir / "transformer", "--scorer", f"clip={tiny_clip_dir}",
+        "--prompts", out / "prompts.txt", "--seeds", "1", "--steps", str(STEPS), "--size", str(SIZE), "--json",
     )  # fmt: skip
     assert result.code == 0, result.err
     data = json.loads(result.out)
@@ -170,8 +176,10 @@ def test_a_quantized_stage_against_a_transformer_directory(
     assert 0.0 <= data["clip_score"] <= 1.0
     # Without --dtype, the reference runs at the quantized stage's compute dtype too.
     assert data["reference"]["kind"] == "transformer" and data["reference"]["settings"]["dtype"] == "bf16"
-    ref = by_hand(tiny_sd3_dir, tiny_clip_dir, [0], torch_dtype=torch.bfloat16)
+    # No --guidance: the pipeline's own default (SD3's 7.0, classifier-free guidance), by hand too.
+    ref = by_hand(tiny_sd3_dir, tiny_clip_dir, [0], guidance=None, torch_dtype=torch.bfloat16)
     assert data["reference"]["clip_score"] == pytest.approx(ref, abs=1e-6)
+    assert data["settings"]["guidance"] == 7.0
 
 
 def test_a_quantized_stage_without_its_backend_is_one_error_line(
