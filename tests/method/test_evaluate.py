@@ -225,3 +225,20 @@ def test_evaluate_demo_reports_degradation_against_a_reference() -> None:
     print(f"\nfirst block removed: {worse['prompt_accuracy']:.3f} {worse['quality']:.3f}, "
           f"degradation {drop:.3f}")
     assert drop > 0.02
+
+
+def test_peak_memory_on_the_cpu_sees_what_the_work_allocates() -> None:
+    """The CPU meter: peak RSS growth during the work, named as such (64 MB touched, then freed)."""
+    import time
+
+    from hpspec.method.footprint import CPU_MEASURE, PeakMemory
+
+    with PeakMemory("cpu") as meter:
+        block = torch.ones(16 * 2**20)  # 64 MB, every page written
+        time.sleep(0.05)  # a few samples while it is held
+        del block
+    assert meter.measured >= 48 * 2**20
+    assert meter.result() == {"peak_memory_bytes": meter.measured, "peak_memory_measure": CPU_MEASURE}
+    with PeakMemory("cpu") as idle:
+        pass
+    assert idle.measured < 16 * 2**20
