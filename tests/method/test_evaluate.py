@@ -32,9 +32,7 @@ from tests.tiny_pipelines import NO_T5  # noqa: E402
 
 def test_import_does_not_load_torch() -> None:
     code = "import sys, hpspec.method.evaluate; print('torch' in sys.modules)"
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
-    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == "False"
 
 
@@ -115,9 +113,7 @@ def test_is_demo_transformer(tmp_path: Path) -> None:
 # (tests/conftest.py, built by tests/tiny_pipelines.py).
 
 
-def test_pipeline_generator_loads_offline_and_is_seeded(
-    tiny_sd3_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_pipeline_generator_loads_offline_and_is_seeded(tiny_sd3_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     gen = DiffusersPipelineGenerator.from_pretrained(
         tiny_sd3_dir, pipeline_kwargs=NO_T5, steps=2, guidance=2.0, height=8, width=8, batch_size=2
@@ -140,9 +136,7 @@ def test_pipeline_generator_takes_a_replacement_transformer(tiny_sd3_dir: Path) 
     with torch.no_grad():
         for p in transformer.proj_out.parameters():
             p.zero_()  # a model that predicts zero velocity: its samples stay the initial noise
-    base = DiffusersPipelineGenerator.from_pretrained(
-        tiny_sd3_dir, pipeline_kwargs=NO_T5, steps=2, height=8, width=8
-    )
+    base = DiffusersPipelineGenerator.from_pretrained(tiny_sd3_dir, pipeline_kwargs=NO_T5, steps=2, height=8, width=8)
     swapped = DiffusersPipelineGenerator.from_pretrained(
         tiny_sd3_dir, transformer=transformer, pipeline_kwargs=NO_T5, steps=2, height=8, width=8
     )
@@ -150,9 +144,7 @@ def test_pipeline_generator_takes_a_replacement_transformer(tiny_sd3_dir: Path) 
     assert not torch.equal(base.generate(["x"], 0), swapped.generate(["x"], 0))
 
 
-def test_clip_scorer_scores_in_unit_interval(
-    tiny_clip_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_clip_scorer_scores_in_unit_interval(tiny_clip_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     scorer = CLIPScorer.from_pretrained(tiny_clip_dir)
     assert isinstance(scorer, Scorer)
@@ -194,11 +186,15 @@ def test_clip_score_equals_transformers_own_computation(tiny_clip_dir: Path, mon
         batch = processor(text=prompts, images=list(images), do_rescale=False, padding=True, return_tensors="pt")
         with torch.no_grad():
             image = _features(model.get_image_features(pixel_values=batch["pixel_values"]))
-            text = _features(model.get_text_features(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]))
+            text = _features(
+                model.get_text_features(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            )
         expected = (image / image.norm(dim=-1, keepdim=True) * (text / text.norm(dim=-1, keepdim=True))).sum(-1)
         assert scorer.similarities(images, prompts) == pytest.approx(expected.tolist(), abs=tolerance), shape
         if tolerance < 1e-5:
-            assert scorer.score(images, prompts)["clip_score"] == pytest.approx(float(expected.clamp(min=0).mean()), abs=1e-6)
+            assert scorer.score(images, prompts)["clip_score"] == pytest.approx(
+                float(expected.clamp(min=0).mean()), abs=1e-6
+            )
 
 
 def test_evaluate_demo_reports_degradation_against_a_reference() -> None:
@@ -217,13 +213,10 @@ def test_evaluate_demo_reports_degradation_against_a_reference() -> None:
         del model.transformer_blocks[0]
         return model
 
-    worse = evaluate_demo(
-        load_transformer=without_first_block, prompts=prompts, seeds=(0,), reference_dir=None
-    )
+    worse = evaluate_demo(load_transformer=without_first_block, prompts=prompts, seeds=(0,), reference_dir=None)
     assert "degradation" not in worse
     drop = degradation(worse, same)
-    print(f"\nfirst block removed: {worse['prompt_accuracy']:.3f} {worse['quality']:.3f}, "
-          f"degradation {drop:.3f}")
+    print(f"\nfirst block removed: {worse['prompt_accuracy']:.3f} {worse['quality']:.3f}, degradation {drop:.3f}")
     assert drop > 0.02
 
 
