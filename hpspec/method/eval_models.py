@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import gc
 import inspect
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -208,6 +208,10 @@ def _pipeline(where: str, transformer: nn.Module | None, generation: Generation)
         offload=generation.offload,
         components={"transformer": transformer} if transformer is not None else None,
     )
+    return _generator(pipeline, generation)
+
+
+def _generator(pipeline: Any, generation: Generation) -> DiffusersPipelineGenerator:
     knobs = generation.knobs()
     for knob, argument in (("steps", "num_inference_steps"), ("guidance", "guidance_scale")):
         default = inspect.signature(pipeline.__call__).parameters.get(argument)
@@ -216,13 +220,36 @@ def _pipeline(where: str, transformer: nn.Module | None, generation: Generation)
     return DiffusersPipelineGenerator(pipeline, **knobs)
 
 
+def _around(pipeline: Any, model: ModelRef, generation: Generation) -> Loaded:
+    """The model's transformer in an already loaded pipeline's components (the reference's, when it is
+    the same pipeline as --pipeline): its own transformer released first, so one model is in memory."""
+    pipeline.transformer = None
+    _collect(generation)
+    transformer, parameters, generation = _transformer(model, generation)
+    rebuilt = type(pipeline)(**{**pipeline.components, "transformer": transformer.to(generation.device)})
+    rebuilt.set_progress_bar_config(disable=True)
+    return Loaded(_generator(rebuilt, generation), footprint(transformer, parameters), generation)
+
+
+def _shares_pipeline(model: ModelRef, reference: ModelRef, pipeline: str | None, generation: Generation) -> bool:
+    """The reference is --pipeline itself and the model a transformer for it: load the components once."""
+    if pipeline is None or reference.kind != PIPELINE or model.kind == PIPELINE or generation.offload:
+        return False
+    here, there = Path(reference.where), Path(pipeline)
+    return here.resolve() == there.resolve() if here.is_dir() and there.is_dir() else reference.where == pipeline
+
+
 def release(loaded: Loaded | None) -> None:
     """Drops a generator's pipeline so that the next model loads into the memory it held."""
     if loaded is None:
         return
     loaded.generator.pipeline = None
+    _collect(loaded.generation)
+
+
+def _collect(generation: Generation) -> None:
     gc.collect()
-    if loaded.generation.device.startswith("cuda"):
+    if generation.device.startswith("cuda"):
         import torch
 
         torch.cuda.empty_cache()
@@ -249,14 +276,25 @@ def evaluate_models(
     time, each with its peak memory during generation, parameters and weight bytes; the result holds
     the reference's own result under ``reference`` and, against it, ``relative_drop`` and ``degradation``."""
     generation = settled(model, generation)
-    ref = _measured(reference, None, scorer, prompts, seeds, pipeline, generation, progress) if reference else None
-    result = _measured(model, ref, scorer, prompts, seeds, pipeline, generation, progress)
-    if ref is not None:
-        result["reference"] = ref
+    if reference is None:
+        return _measured(lambda: load_generator(model, pipeline, generation), model, None, scorer, prompts, seeds,
+                         pipeline, generation, progress)  # fmt: skip
+    kept: list[Any] = []  # the reference's pipeline, when the model reuses its components
+    share = _shares_pipeline(model, reference, pipeline, generation)
+    ref = _measured(lambda: load_generator(reference, pipeline, generation), reference, None, scorer, prompts, seeds,
+                    pipeline, generation, progress, kept if share else None)  # fmt: skip
+    load = (
+        (lambda: _around(kept[0], model, generation))
+        if share
+        else (lambda: load_generator(model, pipeline, generation))
+    )
+    result = _measured(load, model, ref, scorer, prompts, seeds, pipeline, generation, progress)
+    result["reference"] = ref
     return result
 
 
 def _measured(
+    load: Callable[[], Loaded],
     model: ModelRef,
     reference: Mapping[str, Any] | None,
     scorer: Scorer,
@@ -265,13 +303,18 @@ def _measured(
     pipeline: str | None,
     generation: Generation,
     progress: bool,
+    keep: list[Any] | None = None,
 ) -> dict[str, Any]:
-    loaded = load_generator(model, pipeline, generation)
+    """Loads, evaluates with the memory meter, releases (or, with `keep`, hands the pipeline on)."""
+    loaded = load()
     try:
         meter = PeakMemory(generation.device)
         result = evaluate(loaded.generator, scorer, prompts, seeds, reference, progress, meter=meter)
     finally:
-        release(loaded)
+        if keep is not None:
+            keep.append(loaded.generator.pipeline)
+        else:
+            release(loaded)
     result.update(loaded.footprint.as_dict(), **describe(model, pipeline))
     ran = loaded.generator
     result["settings"] = {**loaded.generation.as_dict(), "steps": ran.steps, "guidance": ran.guidance,

@@ -94,11 +94,17 @@ def file_bytes(directory: Path) -> int:
 
 
 def test_a_pruned_stage_in_a_pipeline_scores_what_diffusers_makes_by_hand(
-    cli, out: Path, tiny_sd3_dir: Path, tiny_clip_dir: Path, tmp_path: Path
+    cli, out: Path, tiny_sd3_dir: Path, tiny_clip_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`drop blocks[0]` leaves a model diffusers loads by itself (num_layers 1, blocks renumbered)."""
+    """`drop blocks[0]` leaves a model diffusers loads by itself (num_layers 1, blocks renumbered).
+    The reference is --pipeline itself: its components load once, the stage put in its transformer's place."""
     from diffusers import SD3Transformer2DModel
 
+    import hpspec.method.eval_models as eval_models
+
+    loads: list[str] = []
+    real = eval_models.load_pipeline
+    monkeypatch.setattr(eval_models, "load_pipeline", lambda where, **kw: loads.append(str(where)) or real(where, **kw))
     pruned = out / "block" / "pruned"
     result = cli(
         "eval", "--model", pruned, "--pipeline", tiny_sd3_dir, "--reference", tiny_sd3_dir,
@@ -107,6 +113,7 @@ def test_a_pruned_stage_in_a_pipeline_scores_what_diffusers_makes_by_hand(
     )  # fmt: skip
     assert result.code == 0, result.err
     data = json.loads((tmp_path / "eval.json").read_text())
+    assert loads == [str(tiny_sd3_dir)]
 
     model = SD3Transformer2DModel.from_pretrained(pruned)
     mine = by_hand(tiny_sd3_dir, tiny_clip_dir, [0, 1], model)
