@@ -54,13 +54,15 @@ def by_hand(
 ) -> float:
     """The pipeline as diffusers runs it (the transformer put in through from_pretrained), CLIP-scored;
     `guidance` None: the pipeline's own default."""
-    from diffusers import StableDiffusion3Pipeline
+    from diffusers import DiffusionPipeline
 
     from hpspec.method.scorers import CLIPScorer
 
+    call = parts.pop("call", {})
+    assert isinstance(call, dict)
     if transformer is not None:
         parts["transformer"] = transformer
-    pipe = StableDiffusion3Pipeline.from_pretrained(pipeline_dir, local_files_only=True, **parts)
+    pipe = DiffusionPipeline.from_pretrained(pipeline_dir, local_files_only=True, **parts)
     pipe.set_progress_bar_config(disable=True)
     images = []
     for seed in seeds:
@@ -68,7 +70,7 @@ def by_hand(
         images.append(
             pipe(
                 prompt=PROMPTS, num_inference_steps=STEPS, height=SIZE, width=SIZE, generator=generator,
-                output_type="pt", **({} if guidance is None else {"guidance_scale": guidance}),
+                output_type="pt", **({} if guidance is None else {"guidance_scale": guidance}), **call,
             ).images
         )  # fmt: skip
     scorer = CLIPScorer.from_pretrained(clip_dir)
@@ -162,6 +164,19 @@ def test_a_part_drop_stage_equals_hpspec_apply_in_the_pipeline_by_hand(
     assert data["clip_score"] == pytest.approx(by_hand(tiny_sd3_dir, tiny_clip_dir, [0], live), abs=1e-6)
     assert data["parameters"] == plan.params.after_prune
     assert "degradation" not in data and "reference" not in data  # no --reference: nothing to compare
+
+
+def test_a_flux_pipeline_as_the_model(cli, out: Path, tiny_flux_dir: Path, tiny_clip_dir: Path) -> None:
+    """A pipeline directory is a model by itself (no --pipeline); FLUX, with --max-sequence-length."""
+    result = cli(
+        "eval", "--model", tiny_flux_dir, "--scorer", f"clip={tiny_clip_dir}", "--prompts", out / "prompts.txt",
+        "--seeds", "1", *KNOBS, "--max-sequence-length", "16", "--format", "json",
+    )  # fmt: skip
+    assert result.code == 0, result.err
+    data = json.loads(result.out)
+    assert data["kind"] == "pipeline" and "pipeline" not in data
+    expected = by_hand(tiny_flux_dir, tiny_clip_dir, [0], call={"max_sequence_length": 16})
+    assert data["clip_score"] == pytest.approx(expected, abs=1e-6)
 
 
 def test_a_quantized_stage_against_a_transformer_directory(
