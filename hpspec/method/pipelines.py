@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hpspec.core.errors import PipelineError
+from hpspec.plan.schemes import COMPUTE
 
 if TYPE_CHECKING:
     import torch
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
 
     from hpspec.method.prompt_cache import PromptEmbeddings
 
-DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}  # --dtype -> torch's name
+DTYPES = {name: dtype.torch for name, dtype in COMPUTE.items()}  # --dtype -> torch's name (the compute= table)
 
 
 def offline() -> bool:
