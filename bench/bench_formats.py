@@ -1,6 +1,6 @@
 """Time hpspec's layout and GGUF conversions against `cp` and against the routes a user has today.
 
-    python bench/bench_formats.py [--sizes-gb 1,2,4,8] [--repeat 3] [--quantized-repeat 1] [--routes-up-to-gb 1.1]
+    python bench/bench_formats.py [--sizes-gb 1,2,4,8] [--repeat 3] [--quantized-repeat 2] [--routes-up-to-gb 1.1]
 
 For each size, writes one synthetic bf16 FLUX-width transformer (width 3072, FLUX.1's tensor
 shapes, N double and N single blocks: about 0.96 GB a block pair) as a diffusers folder, without
@@ -10,16 +10,18 @@ each conversion in its own process and prints:
 
 - folder -> BFL single file and single file -> folder: hpspec's byte-range copy;
 - folder -> GGUF F16 / Q8_0 / Q4_0: hpspec, streamed;
+- beside each quantized GGUF run, in the same pair, the `gguf` package's own quantize throughput
+  (MB/s of float32, whole tensors of the first block pair): the ceiling for a quantized GGUF;
 - up to `--routes-up-to-gb` (they hold the whole model in memory): single file -> folder the
   diffusers way (`from_single_file` + `save_pretrained`), and city96-style GGUF (the whole state
-  dict in float32, then quantize and write); and the `gguf` package's own quantize throughput (MB/s
-  of float32, whole tensors of the first block pair), the ceiling for a quantized GGUF.
+  dict in float32, then quantize and write).
 
 Every conversion is paired with `cp` of the same source bytes, run just before it: the ratio is
 taken pair by pair and its median reported, so a shared machine's drift moves both. Wall time is the
 whole process (interpreter start and imports included); peak RSS is the child's own (wait4). Each run starts after a `sync`. Files
 stay in the OS cache between runs, so every row, `cp` included, is a warm-cache copy. The generated
-files are deleted at the end. No assertions: the table is the result.
+files are deleted at the end. No assertions: the table is the result (the 1-8 GB one, and
+what it says of the goals: docs/formats.md, "Measured").
 """
 
 from __future__ import annotations
@@ -161,96 +163,70 @@ def measured(command: list[str]) -> tuple[float, float, dict[str, float]]:
     return seconds, usage.ru_maxrss / 1024, said
 
 
-def paired(command: list[str], out: Path, floor: list[str], floor_out: Path, repeat: int) -> dict[str, float]:
+def paired(
+    command: list[str], out: Path, floor: list[str], floor_out: Path, repeat: int, ceiling: list[str] | None = None
+) -> dict[str, float]:
     """`repeat` pairs (cp, then the command), each output removed first: medians of the command's
-    wall time, of cp's and of the ratio pair by pair; the highest peak RSS."""
-    walls, floors, ratios, peak = [], [], [], 0.0
+    wall time, of cp's and of the ratio pair by pair; the highest peak RSS. With `ceiling` (the gguf
+    package's quantize alone), it runs between the two, and its MB/s of float32 is reported too."""
+    walls, floors, ratios, ceilings, peak = [], [], [], [], 0.0
     for _ in range(repeat):
         base = measured(["sh", "-c", f"rm -rf {shlex.quote(str(floor_out))} && exec {shlex.join(floor)}"])[0]
+        if ceiling is not None:
+            ceilings.append(measured(ceiling)[2]["throughput"])
         seconds, rss, _ = measured(["sh", "-c", f"rm -rf {shlex.quote(str(out))} && exec {shlex.join(command)}"])
         walls, floors, ratios, peak = [*walls, seconds], [*floors, base], [*ratios, seconds / base], max(peak, rss)
     subprocess.run(["rm", "-rf", str(out), str(floor_out)], check=True)
-    return {
+    found = {
         "wall": statistics.median(walls), "cp": statistics.median(floors), "ratio": statistics.median(ratios),
         "peak": peak, "spread": max(ratios) - min(ratios),
     }  # fmt: skip
+    return {**found, "package_mb_per_s": statistics.median(ceilings)} if ceilings else found
 
 
 def run_size(root: Path, gb: float, args: argparse.Namespace) -> list[dict[str, Any]]:
     """Every row of the table at one size."""
     me = [sys.executable, __file__, "--one"]
-    pairs = max(1, round(gb / PAIR_GB))
     folder, single = root / "folder", root / "model-bfl.safetensors"
-    subprocess.run([*me, "build", "-", str(folder), str(pairs)], check=True)
+    subprocess.run([*me, "build", "-", str(folder), str(max(1, round(gb / PAIR_GB)))], check=True)
     subprocess.run([*me, "hpspec", str(folder), str(single), "bfl"], check=True)
     shard = folder / "diffusion_pytorch_model.safetensors"
-    nbytes, copy = single.stat().st_size, root / "copy"
+    small = single.stat().st_size / 1e9 <= args.routes_up_to_gb
+    # (label, task, source, out, extra, cp's source, pairs, with the package's quantize beside)
+    plan: list[tuple[str, str, Path, str, str, Path, int, bool]] = [
+        ("folder -> bfl", "hpspec", folder, "o.safetensors", "bfl", shard, args.repeat, False),
+        ("bfl -> folder", "hpspec", single, "o", "diffusers", single, args.repeat, False),
+        *((f"folder -> gguf:{k}", "gguf", folder, "o.gguf", k, shard,
+           args.repeat if k == "f16" else args.quantized_repeat, k != "f16") for k in GGUF_TYPES),
+        *((("diffusers bfl -> folder", "diffusers", single, "d", str(folder), single, 1, False),) if small else ()),
+        *((f"city96-style -> gguf:{k}", "city96", single, "c.gguf", k, single, 1, False) for k in GGUF_TYPES if small),
+    ]  # fmt: skip
     rows: list[dict[str, Any]] = []
-
-    def row(label: str, command: list[str], out: Path, source: Path, repeat: int) -> None:
-        result = paired(command, out, ["cp", str(source), str(copy)], copy, repeat)
-        rows.append({"gb": nbytes / 1e9, "conversion": label, **result})
+    for label, task, source, out, extra, floor, repeat, beside in plan:
+        ceiling = [*me, "throughput", str(single), "-", extra] if beside else None
+        command = [*me, task, str(source), str(root / out), extra]
+        result = paired(command, root / out, ["cp", str(floor), str(root / "copy")], root / "copy", repeat, ceiling)
+        rows.append({"gb": single.stat().st_size / 1e9, "conversion": label, **result})
         print(json.dumps(rows[-1]), flush=True)
-
-    row(
-        "folder -> bfl",
-        [*me, "hpspec", str(folder), str(root / "o.safetensors"), "bfl"],
-        root / "o.safetensors",
-        shard,
-        args.repeat,
-    )
-    row("bfl -> folder", [*me, "hpspec", str(single), str(root / "o"), "diffusers"], root / "o", single, args.repeat)
-    for kind in GGUF_TYPES:
-        repeat = args.repeat if kind == "f16" else args.quantized_repeat
-        row(
-            f"folder -> gguf:{kind}",
-            [*me, "gguf", str(folder), str(root / "o.gguf"), kind],
-            root / "o.gguf",
-            shard,
-            repeat,
-        )
-    if nbytes / 1e9 <= args.routes_up_to_gb:
-        row(
-            "diffusers bfl -> folder",
-            [*me, "diffusers", str(single), str(root / "d"), str(folder)],
-            root / "d",
-            single,
-            1,
-        )
-        for kind in GGUF_TYPES:
-            row(
-                f"city96-style -> gguf:{kind}",
-                [*me, "city96", str(single), str(root / "c.gguf"), kind],
-                root / "c.gguf",
-                single,
-                1,
-            )
-            throughput = measured([*me, "throughput", str(single), "-", kind])[2]["throughput"]
-            rows.append({"gb": nbytes / 1e9, "conversion": f"gguf package quantize {kind}", "mb_per_s": throughput})
-            print(json.dumps(rows[-1]), flush=True)
     subprocess.run(["rm", "-rf", str(folder), str(single)], check=True)
     return rows
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    """The rows as a markdown table, with each quantized write's MB/s of float32 and, where the
-    package's throughput was measured, the ratio to it."""
-    ceiling = {r["conversion"].rsplit(" ", 1)[1]: r["mb_per_s"] for r in rows if "mb_per_s" in r}
+    """The rows as a markdown table; a quantized write's MB/s of float32 beside the gguf package's
+    own quantize, measured in the same pairs, and their ratio."""
     lines = [
-        "| GB | conversion | cp s | wall s | x cp (median of pairs) | spread | peak RSS MB | MB/s f32 (x package) |",
+        "| GB | conversion | cp s | wall s | x cp (median of pairs) | spread | peak RSS MB | MB/s f32: hpspec / package (ratio) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        if "mb_per_s" in r:
-            lines.append(f"| {r['gb']:.2f} | {r['conversion']} | | | | | | {r['mb_per_s']:.0f} |")
-            continue
-        kind = r["conversion"].rpartition(":")[2]
         rate = ""
-        if r["conversion"].startswith("folder -> gguf:q"):
+        if "package_mb_per_s" in r:
             mb = r["gb"] * 2e3 / r["wall"]  # bf16 bytes -> float32 MB through the quantizer, per second
-            rate = f"{mb:.0f}" + (f" ({mb / ceiling[kind]:.2f})" if kind in ceiling else "")
+            rate = f"{mb:.0f} / {r['package_mb_per_s']:.0f} ({mb / r['package_mb_per_s']:.2f})"
         lines.append(
-            f"| {r['gb']:.2f} | {r['conversion']} | {r['cp']:.2f} | {r['wall']:.2f} | {r['ratio']:.2f} | {r['spread']:.2f} | {r['peak']:.0f} | {rate} |"
+            f"| {r['gb']:.2f} | {r['conversion']} | {r['cp']:.2f} | {r['wall']:.2f} | {r['ratio']:.2f} "
+            f"| {r['spread']:.2f} | {r['peak']:.0f} | {rate} |"
         )
     return "\n".join(lines)
 
@@ -259,7 +235,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes-gb", default="1", help="comma-separated model sizes in GB (1,2,4,8)")
     parser.add_argument("--repeat", type=int, default=3, help="pairs per layout and f16 row")
-    parser.add_argument("--quantized-repeat", type=int, default=1, help="pairs per quantized GGUF row")
+    parser.add_argument("--quantized-repeat", type=int, default=2, help="pairs per quantized GGUF row")
     parser.add_argument(
         "--routes-up-to-gb", type=float, default=1.1, help="diffusers and city96 routes at most this size"
     )

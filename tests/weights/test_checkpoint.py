@@ -13,8 +13,8 @@ import json
 import os
 import shutil
 import struct
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -22,10 +22,9 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
 import hpspec  # noqa: E402
+from hpspec.model.safetensors_header import read_header  # noqa: E402
 from hpspec.weights.load import load_pretrained  # noqa: E402
 from hpspec.weights.prune import apply  # noqa: E402
-from hpspec.model.safetensors_header import read_header  # noqa: E402
-
 from tests.conftest import CliResult  # noqa: E402
 from tests.tiny_models import build, forward, isolated, plan_for, same_tensors, save, state  # noqa: E402
 

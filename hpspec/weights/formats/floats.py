@@ -64,7 +64,7 @@ def read_raw(tensor: OutTensor) -> Any:
     import numpy as np
 
     raw = np.empty(tensor.nbytes, np.uint8)
-    read_into(tensor.segments, memoryview(raw))
+    read_into(tensor.segments, raw.data)
     return raw
 
 

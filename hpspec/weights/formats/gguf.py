@@ -1,9 +1,11 @@
 """gguf: GGUF files as ComfyUI-GGUF (city96) and diffusers read them, written and read streamed.
 
 Written: architecture key `flux` or `sd3`, tensor names in the original layout (bfl, sai), one
-tensor at a time and a few MB of its rows at a time: read the byte ranges, cast to float32,
-quantize with the `gguf` package's own `gguf.quants.quantize`, write (peak memory: tens of MB,
-whatever the model's size; bytes already in the wanted type are copied as they are).
+tensor at a time and a few MB of its rows at a time: read the byte ranges, widen to float32,
+quantize with the `gguf` package's own `gguf.quants.quantize` (the K-quants: `kquants`), write
+(peak memory: tens of MB, whatever the model's size). Bytes already in the wanted type are copied
+as they are (`checkpoint.writer.copy_ranges`); bf16 -> f16 is cast in integer arithmetic, exactly
+as through float32 (`floats.bf16_to_f16`), 1 MB at a time.
 Which tensors stay unquantized follows city96's converter and llama.cpp patch: 1-D and tiny
 tensors in F32 (F16 for float16 sources), the embedders and the final layer, and anything not 2-D or whose rows do not fill
 whole quantization blocks, in the float type of the source (F16 for float32 sources).
@@ -164,7 +166,7 @@ def _write_quantized(fout: Any, tensor: OutTensor, kind: str) -> None:
         last = min(rows, first + step)
         segments = _rows(tensor, first, last, rows)
         size = sum(s.end - s.begin for s in segments)
-        read_into(segments, memoryview(raw)[:size])
+        read_into(segments, raw.data[:size])
         data = decode(raw[:size], tensor.dtype, wide[: (last - first) * per_row])
         data = data.reshape((last - first, *tensor.shape[1:]) if tensor.shape else ())
         if kind in ENCODERS:  # what the gguf package cannot quantize (K-quants)
@@ -181,7 +183,7 @@ def _write_bf16_as_f16(fout: Any, tensor: OutTensor) -> None:
     raw, out = np.empty(CAST_ELEMENTS, np.uint16), np.empty(CAST_ELEMENTS, np.uint16)
     for begin in range(0, tensor.nbytes, CAST_ELEMENTS * 2):
         end = min(tensor.nbytes, begin + CAST_ELEMENTS * 2)
-        read_into(byte_range(tensor.segments, begin, end), memoryview(raw).cast("B"))
+        read_into(byte_range(tensor.segments, begin, end), raw.data.cast("B"))
         count = (end - begin) // 2
         fout.write(memoryview(bf16_to_f16(raw[:count], out[:count])).cast("B"))
 
