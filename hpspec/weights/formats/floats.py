@@ -1,6 +1,6 @@
 """floats: a tensor's source bytes as numpy arrays, and the float casts GGUF writing needs.
 
-`read_raw` reads a tensor's byte ranges; `decode` widens bf16, f16 and fp8 to float32 (exact);
+`read_into` reads a tensor's byte ranges into a buffer; `decode` widens bf16, f16 and fp8 to float32 (exact);
 `bf16_to_f16` casts bfloat16 bits to float16 bits without a float32 round trip. numpy is imported
 where used (a torch- and numpy-free command may import this module's users).
 """
@@ -12,7 +12,7 @@ from functools import cache
 from typing import Any
 
 from hpspec.core.errors import LayoutError
-from hpspec.weights.checkpoint.tensors import OutTensor, Segment
+from hpspec.weights.checkpoint.tensors import Segment
 
 F16_REBASE = (127 - 15) << 7  # bf16 exponent bias minus float16's, in a bf16's exponent position
 NORMAL_LOW = 0x3880  # |bf16| bits of 2**-14, float16's smallest normal
@@ -59,15 +59,6 @@ def _bf16_to_f16_table() -> Any:
         return every.view(np.float32).astype(np.float16).view(np.uint16)
 
 
-def read_raw(tensor: OutTensor) -> Any:
-    """One tensor's bytes from its source file(s), as a flat uint8 numpy array."""
-    import numpy as np
-
-    raw = np.empty(tensor.nbytes, np.uint8)
-    read_into(tensor.segments, raw.data)
-    return raw
-
-
 def read_into(segments: Sequence[Segment], into: memoryview) -> None:
     """The bytes of `segments`, one after another, into the start of `into`."""
     offset = 0
@@ -82,11 +73,6 @@ def read_into(segments: Sequence[Segment], into: memoryview) -> None:
                         f"{segment.path}: ended at byte {segment.begin + offset - start} while being read (changed on disk?)"
                     )
                 offset += count
-
-
-def read_float32(tensor: OutTensor) -> Any:
-    """One tensor's bytes from its source file(s), as a float32 numpy array of its shape."""
-    return decode(read_raw(tensor), tensor.dtype).reshape(tensor.shape)
 
 
 def decode(raw: Any, dtype: str, out: Any | None = None) -> Any:
