@@ -267,16 +267,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     shapes = model is not DIGITS
     if args.quick and shapes:  # one prompt per category, 3 sampler steps: only that it runs end to end
-        prompts = model.analysis_set()[::4]
+        prompts = model.analysis_set()[::2]
         bench = Bench(args.out, [0], prompts, {"steps": 5, "lr": 1e-4, "batch": 16}, model, steps=QUICK_SHAPES_STEPS)
         rows = [row for row in rows_for("30%") if row.name in ("HPP + PWP + SGDistill inverse", "... inverse + nf4")]
     elif args.quick:
         bench = Bench(args.out, [0], model.default_prompts()[::4], {"steps": 5, "lr": 1e-4, "batch": 16}, model)
         rows = [row for row in rows_for("30%") if row.name in ("HPP + PWP + SGDistill inverse", "... inverse + nf4")]
     else:
-        # The shapes demo is evaluated on its analysis half of the eval prompts (4 per category) x 2 seeds.
-        prompts = model.analysis_set() if shapes else model.default_prompts()
-        bench = Bench(args.out, range(args.seeds), prompts, TRAINING_SHAPES if shapes else TRAINING, model)
+        # The shapes demo: evaluated on 4 eval prompts per category x 2 seeds, analysed on 2 per category.
+        training = TRAINING_SHAPES if shapes else TRAINING
+        bench = Bench(args.out, range(args.seeds), model.default_prompts(), training, model, model.analysis_set())
         rows = [row for budget in args.budgets.split(",") for row in rows_for(budget, shapes)]
     results: list[Result] = []
     for row in rows:  # the tables are rewritten after every row: a stopped run keeps what it measured

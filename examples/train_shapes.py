@@ -24,12 +24,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from hpspec.demo.models import SHAPES
 from hpspec.demo.sampler import DemoGenerator
+from hpspec.demo.shapes.model import load_shapes_transformer
 from hpspec.demo.shapes.paths import SHAPES_WEIGHTS_DIR
 from hpspec.demo.shapes.prompts import eval_prompts, split_prompts
+from hpspec.demo.shapes.scorer import ShapesScorer
 from hpspec.demo.shapes.training import POOL_SIZE, scene_pool, train_shapes
 from hpspec.demo.text import load_text_encoder
 from hpspec.demo.training import TransformerTraining
+from hpspec.method.evaluate import evaluate
 
 # The shipped recipe, fixed before the run (4500 steps: about 35-50 minutes on one shared core).
 RECIPE = TransformerTraining(steps=4500, batch_size=64, lr=1e-3, warmup=100, ema_decay=0.998, log_every=50)
@@ -49,12 +53,10 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def score_trained(generator: DemoGenerator) -> dict[str, object]:
-    """The model on the eval prompts (held-out tuples) x 4 seeds, and on the validation prompts."""
-    # The judge is imported when scoring starts, so a long run scores with the judge as it is then.
-    from hpspec.demo.shapes.scorer import ShapesScorer
-    from hpspec.method.evaluate import evaluate
-
+def score_trained(model: nn.Module) -> dict[str, object]:
+    """The model on the eval prompts (held-out tuples) x 4 seeds, and on the validation prompts,
+    with the shapes demo's sampler settings."""
+    generator = DemoGenerator(model, steps=SHAPES.steps, guidance=SHAPES.guidance)
     scorer = ShapesScorer()
     return {
         "sampler": {"steps": generator.steps, "guidance": generator.guidance},
@@ -77,9 +79,7 @@ def write_record(out: Path, record: dict[str, object]) -> None:
 
 
 def rescore(out: Path) -> dict[str, object]:
-    from hpspec.demo.shapes.model import load_shapes_transformer
-
-    scores = score_trained(DemoGenerator(load_shapes_transformer(out / "transformer")))
+    scores = score_trained(load_shapes_transformer(out / "transformer"))
     record_file = out / "training.json"
     record = json.loads(record_file.read_text(encoding="utf-8")) if record_file.is_file() else {}
     record["scores"] = scores
@@ -115,7 +115,7 @@ def main() -> None:
     save_transformer(model, args.out)
     record = {"transformer": {**cfg.as_dict(), **transformer_record}, **base}
     write_record(args.out, record)
-    record["scores"] = score_trained(DemoGenerator(model))
+    record["scores"] = score_trained(model)
     record["total_seconds"] = time.perf_counter() - started
     write_record(args.out, record)
     print(json.dumps(record["scores"], indent=2), flush=True)

@@ -199,6 +199,11 @@ def eval_prompts(per_category: int = 8) -> list[str]:
     return chosen
 
 
-def analysis_prompts() -> list[str]:
-    """What `analyze` measures each removal on: 4 eval prompts per category (the eval set's half)."""
+def demo_prompts() -> list[str]:
+    """What `hpspec demo` and the evidence bench evaluate on: 4 eval prompts per category (24)."""
     return eval_prompts(per_category=4)
+
+
+def analysis_prompts() -> list[str]:
+    """What `analyze` measures each removal on: 2 eval prompts per category (12)."""
+    return eval_prompts(per_category=2)
