@@ -7,28 +7,22 @@ from typing import Any
 
 from diffusers import SD3Transformer2DModel
 
+from hpspec.demo.model import TRANSFORMER_CONFIG as DIGITS_CONFIG
 from hpspec.demo.shapes.paths import transformer_dir
 from hpspec.demo.shapes.scenes import IMAGE_SIZE
-from hpspec.demo.text import EMBED_DIM
 
 CHANNELS = 3
 PATCH = 4
 
-# 4 heads x 16 = 64 wide, like the digit demo; 32x32 pixels in 4x4 patches give 64 image tokens
-# beside the 16 text tokens.
+# The digit demo's transformer (4 heads x 16 = 64 wide, 12 blocks, MiniLM text) on 32x32 RGB: 4x4
+# patches give 64 image tokens beside the 16 text tokens.
 TRANSFORMER_CONFIG: dict[str, Any] = {
+    **DIGITS_CONFIG,
     "sample_size": IMAGE_SIZE,
     "patch_size": PATCH,
     "in_channels": CHANNELS,
     "out_channels": CHANNELS,
-    "num_layers": 12,
-    "attention_head_dim": 16,
-    "num_attention_heads": 4,
-    "joint_attention_dim": EMBED_DIM,
-    "caption_projection_dim": 64,
-    "pooled_projection_dim": EMBED_DIM,
     "pos_embed_max_size": IMAGE_SIZE // PATCH,
-    "qk_norm": "rms_norm",
 }
 
 
