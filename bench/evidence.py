@@ -51,7 +51,7 @@ TRAINING = {"steps": 300, "lr": 1e-4, "batch": 64}
 # The shapes demo's, fixed before any of its rows was measured (sized to the CPU time there was).
 TRAINING_SHAPES = {"steps": 120, "lr": 2e-4, "batch": 32}
 BUDGETS = {"20%": 0.8, "30%": 0.7}
-QUICK_SHAPES_STEPS = 3  # sampler steps of the shapes demo's --quick run
+QUICK_SHAPES_STEPS = 5  # sampler steps of the shapes demo's --quick run
 
 
 @dataclass(frozen=True)
@@ -266,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     shapes = model is not DIGITS
-    if args.quick and shapes:  # one prompt per category, 3 sampler steps: only that it runs end to end
+    if args.quick and shapes:  # one prompt per category, 5 sampler steps: only that it runs end to end
         prompts = model.analysis_set()[::2]
         bench = Bench(args.out, [0], prompts, {"steps": 5, "lr": 1e-4, "batch": 16}, model, steps=QUICK_SHAPES_STEPS)
         rows = [row for row in rows_for("30%") if row.name in ("HPP + PWP + SGDistill inverse", "... inverse + nf4")]
