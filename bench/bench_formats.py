@@ -203,6 +203,8 @@ def run_size(root: Path, gb: float, args: argparse.Namespace) -> list[dict[str, 
     ]  # fmt: skip
     rows: list[dict[str, Any]] = []
     for label, task, source, out, extra, floor, repeat, beside in plan:
+        if repeat < 1:  # `--quantized-repeat 0`: those rows are left out
+            continue
         ceiling = [*me, "throughput", str(single), "-", extra] if beside else None
         command = [*me, task, str(source), str(root / out), extra]
         result = paired(command, root / out, ["cp", str(floor), str(root / "copy")], root / "copy", repeat, ceiling)
