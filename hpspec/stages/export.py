@@ -29,16 +29,8 @@ def prepare_export(given: StageInput) -> Writer:
         how = f"Exported by hpspec from `{given.source}` (the last stage's diffusers folder), as {to}"
         how += f", its quantize written as GGUF {kind}." if given.plan.quantize is not None else "."
         (tmp / CARD_NAME).write_text(f"{card}\n{how}\n", encoding="utf-8")
-        return {
-            "source_model": str(given.source),
-            "source_sha256": dict(written.source_sha256),
-            "layout": to,
-            "gguf_type": kind,
-            "files": list(written.files),
-            "tensors": written.tensors,
-            "params": written.params,
-            "bytes": written.nbytes,
-        }
+        record = written.record(given.source, to)
+        return {**record, "gguf_type": kind}
 
     return write
 

@@ -51,15 +51,7 @@ def _writer(given: StageInput, source: Path, to: str, write_weights: Callable[[P
     def write(tmp: Path) -> dict[str, Any]:
         written = write_weights(tmp)
         (tmp / CARD_NAME).write_text(pruned_card(given.plan, source, to), encoding="utf-8")
-        return {
-            "source_model": str(source),
-            "source_sha256": dict(written.source_sha256),
-            "layout": to,
-            "files": list(written.files),
-            "tensors": written.tensors,
-            "params": written.params,
-            "bytes": written.nbytes,
-        }
+        return written.record(source, to)
 
     return write
 

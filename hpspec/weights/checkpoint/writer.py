@@ -43,6 +43,18 @@ class Written:
     nbytes: int
     source_sha256: Mapping[str, str]  # source shard file name -> sha256 of its bytes
 
+    def record(self, source: Path | str, layout: str) -> dict[str, Any]:
+        """What a stage's provenance.json says of these weights, written from `source` in `layout`."""
+        return {
+            "source_model": str(source),
+            "source_sha256": dict(self.source_sha256),
+            "layout": layout,
+            "files": list(self.files),
+            "tensors": self.tensors,
+            "params": self.params,
+            "bytes": self.nbytes,
+        }
+
 
 def write_pruned(plan: Plan, source: Source, out: Path, progress: bool = True) -> Written:
     """Write the pruned checkpoint into the (empty, temporary) directory `out`.
