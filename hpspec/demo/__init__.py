@@ -14,8 +14,9 @@ on first use, since they pull in torch, diffusers and transformers.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from hpspec.demo.lazy import lazy_attributes
 from hpspec.demo.paths import (
     CLASSIFIER_FILE,
     DEMO_DIR,
@@ -56,11 +57,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(globals(), _LAZY)

@@ -10,8 +10,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from hpspec.demo.lazy import lazy_attributes
 from hpspec.demo.shapes.paths import SHAPES_TRAINING_RECORD, SHAPES_TRANSFORMER_DIR, SHAPES_WEIGHTS_DIR
 from hpspec.demo.shapes.prompts import CATEGORIES, eval_prompts, requirement_of, split_prompts
 
@@ -40,11 +41,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(globals(), _LAZY)
