@@ -11,9 +11,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hpspec.cli.subjects import demo_dir, is_pipeline, prompt_list
+from hpspec.cli.subjects import demo_of, is_pipeline, prompt_list
 from hpspec.core.errors import SpecError, UsageError
 from hpspec.core.io import read_json_input, write_text_atomic
+from hpspec.demo.models import DemoModel
 from hpspec.lang.parse import parse
 from hpspec.method.analyze import Settings, Subject, analyze, demo_subject, probe_analysis
 from hpspec.method.distill.loop import process_state
@@ -201,15 +202,16 @@ def _measure(args: argparse.Namespace) -> int:
     if args.model is None:
         raise UsageError("hpspec analyze: give --model (demo, a directory or a hub id), or --import-reference FILE")
     probes = parse_probes(args.probe) if args.probe is not None else None  # before any model loads
-    prompts = prompt_list(args.prompts, args.take, args.seed)
+    demo = None if is_pipeline(args.model) else demo_of(args.model)
+    prompts = prompt_list(args.prompts, args.take, args.seed, demo[0].analysis_set() if demo else None)
     output = Path(args.output)
     if not output.parent.is_dir():
         raise UsageError(f"-o {output}: the folder {output.parent} does not exist")
     state = process_state()
-    if is_pipeline(args.model):
+    if demo is None:
         subject, knobs = _pipeline_subject(args, probes, prompts, output, state)
     else:
-        subject, knobs = _demo_subject(args, probes)
+        subject, knobs = _demo_subject(args, probes, *demo)
     settings = Settings(prompts, list(range(args.seeds)), args.parts, knobs)
     if probes is not None:
         if state.process_index != 0:  # one pass, not split: rank 0 alone runs it
@@ -225,12 +227,14 @@ def _measure(args: argparse.Namespace) -> int:
     return 0
 
 
-def _demo_subject(args: argparse.Namespace, probes: tuple[str, ...] | None) -> tuple[Subject, dict[str, Any]]:
+def _demo_subject(
+    args: argparse.Namespace, probes: tuple[str, ...] | None, demo: DemoModel, path: Path | None
+) -> tuple[Subject, dict[str, Any]]:
     given = [f"--{name.replace('_', '-')}" for name in PIPELINE_ONLY if getattr(args, name) not in (None, False)]
     if given:
         raise UsageError(f"{given[0]} applies to SD3/FLUX pipelines, not to the demo model {args.model}")
     named = scorer_from_spec(args.scorer) if args.scorer not in (None, "demo") and probes is None else None
-    subject, knobs = demo_subject(demo_dir(args.model), steps=args.steps, guidance=args.guidance)
+    subject, knobs = demo_subject(path, steps=args.steps, guidance=args.guidance, model=demo)
     if named is not None:
         subject = replace(subject, scorer=named.scorer, scorer_name=named.name)
         knobs = {**knobs, "scorer": named.name}

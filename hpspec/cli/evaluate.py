@@ -16,11 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hpspec.cli.subjects import demo_dir, prompt_list
+from hpspec.cli.subjects import demo_of, prompt_list
 from hpspec.core.errors import UsageError
 from hpspec.core.io import write_text_atomic
 from hpspec.core.paths import PLAN_NAME
-from hpspec.demo import transformer_dir
+from hpspec.demo.models import DemoModel
 from hpspec.method.evaluate import evaluate_demo, format_comparison, format_result, is_demo_transformer
 from hpspec.method.pipelines import DTYPES
 from hpspec.model.targets import DEMO, graph_from_path
@@ -95,21 +95,20 @@ def _demo_route(args: argparse.Namespace) -> bool:
 def _demo_eval(args: argparse.Namespace) -> dict[str, Any]:
     from hpspec.weights.load import load_pretrained  # torch
 
-    model = demo_dir(args.model)
-    reference = demo_dir(args.reference) if args.reference else None
-    if args.reference == DEMO:
-        reference = transformer_dir()
+    demo, model = demo_of(args.model)
+    reference = demo_of(args.reference)[1] or demo.transformer_dir if args.reference else None
     result = evaluate_demo(
         model,
         reference_dir=reference,
-        prompts=prompt_list(args.prompts, args.take, args.seed),
+        prompts=prompt_list(args.prompts, args.take, args.seed, demo.default_prompts()),
         seeds=list(range(args.seeds)),
         steps=args.steps,
         guidance=args.guidance,
-        load_transformer=_loader(load_pretrained),
+        load_transformer=_loader(load_pretrained, demo),
         progress=True,
+        model=demo,
     )
-    result["parameters"], result["weight_bytes"] = _size(model)
+    result["parameters"], result["weight_bytes"] = _size(model or demo.transformer_dir)
     return result
 
 
@@ -158,17 +157,15 @@ def _device(device: str | None) -> str:
     return device
 
 
-def _loader(load_pretrained: Callable[[Path], nn.Module]) -> Callable[[Path], nn.Module]:
-    """hpspec's loader for pruned stage directories (they carry plan.json), diffusers' otherwise."""
+def _loader(load_pretrained: Callable[[Path], nn.Module], demo: DemoModel) -> Callable[[Path], nn.Module]:
+    """hpspec's loader for pruned stage directories (they carry plan.json), the demo's own otherwise."""
 
     def load(path: Path) -> nn.Module:
-        from hpspec.demo.model import load_demo_transformer  # torch
-
-        return load_pretrained(path) if (path / PLAN_NAME).is_file() else load_demo_transformer(path)
+        return load_pretrained(path) if (path / PLAN_NAME).is_file() else demo.load_transformer(path)  # type: ignore[no-any-return]
 
     return load
 
 
-def _size(model: Path | None) -> tuple[int, int]:
-    graph = graph_from_path(model or transformer_dir())
+def _size(model: Path) -> tuple[int, int]:
+    graph = graph_from_path(model)
     return graph.params, graph.nbytes

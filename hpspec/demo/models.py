@@ -9,6 +9,7 @@ bench) takes one of these instead of asking which demo it is. Names of code are 
 from __future__ import annotations
 
 import importlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,3 +97,30 @@ SHAPES = DemoModel(
 )
 
 DEMO_MODELS: dict[str, DemoModel] = {m.name: m for m in (DIGITS, SHAPES)}
+
+SHAPE_KEYS = ("_class_name", "in_channels", "out_channels", "joint_attention_dim", "pooled_projection_dim")
+"""The config keys that say which demo a transformer directory is shaped like (its image and its text)."""
+
+
+def _config(directory: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def demo_model_of(directory: str | Path) -> DemoModel | None:
+    """The demo whose shipped transformer `directory` (a pruned or trained one too) is shaped like.
+
+    >>> demo_model_of(SHAPES_TRANSFORMER_DIR).name
+    'shapes'
+    """
+    config = _config(Path(directory))
+    if not config:
+        return None
+    for model in DEMO_MODELS.values():
+        shipped = _config(model.transformer_dir)
+        if all(config.get(key) == shipped.get(key) for key in SHAPE_KEYS):
+            return model
+    return None

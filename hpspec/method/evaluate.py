@@ -23,9 +23,7 @@ from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from hpspec.core.io import read_json_input
-from hpspec.core.paths import CONFIG_NAME
-from hpspec.demo import default_prompts, transformer_dir
+from hpspec.demo.models import DIGITS, DemoModel, demo_model_of
 from hpspec.plan.summary import human_bytes, table
 
 if TYPE_CHECKING:
@@ -129,17 +127,8 @@ def evaluate(
 
 
 def is_demo_transformer(model_dir: str | Path) -> bool:
-    """A diffusers SD3 transformer directory shaped like the demo's (8x8, 1 channel, MiniLM text)."""
-    config_file = Path(model_dir) / CONFIG_NAME
-    if not config_file.is_file():
-        return False
-    config = read_json_input(config_file, CONFIG_NAME)
-    return (
-        config.get("_class_name") == "SD3Transformer2DModel"
-        and config.get("in_channels") == 1
-        and config.get("joint_attention_dim") == 384
-        and config.get("pooled_projection_dim") == 384
-    )
+    """A diffusers SD3 transformer directory shaped like one of the embedded demos' (`demo.models`)."""
+    return demo_model_of(model_dir) is not None
 
 
 def evaluate_demo(
@@ -152,30 +141,30 @@ def evaluate_demo(
     guidance: float | None = None,
     load_transformer: Callable[[Path], nn.Module] | None = None,
     progress: bool = False,
+    model: DemoModel | None = None,
 ) -> dict[str, Any]:
-    """Evaluates a demo-shaped transformer directory (default: the shipped model) with the demo
-    scorer; with ``reference_dir`` the reference is evaluated first and degradation is reported
+    """Evaluates a demo-shaped transformer directory (default: the shipped model) with its demo's
+    scorer (``model``; by default the demo the directory is shaped like, else the digits); with ``reference_dir`` the reference is evaluated first and degradation is reported
     (the result then also holds ``reference``: the reference's own result).
 
     ``load_transformer`` loads a directory into a module: plain ``from_pretrained`` by default;
     pass hpspec's pruned-checkpoint loader for checkpoints with parts removed.
     """
     # torch and diffusers: imported when a demo model is evaluated
-    from hpspec.demo.model import load_demo_transformer
     from hpspec.demo.sampler import DemoGenerator
-    from hpspec.demo.scorer import DemoScorer
 
-    load = load_transformer or load_demo_transformer
-    settings = {k: v for k, v in (("steps", steps), ("guidance", guidance)) if v is not None}
-    prompt_list = list(prompts) if prompts is not None else default_prompts()
-    scorer = DemoScorer()
+    demo = model or (demo_model_of(model_dir) if model_dir is not None else None) or DIGITS
+    load = load_transformer or demo.load_transformer
+    settings = {"steps": steps or demo.steps, "guidance": guidance if guidance is not None else demo.guidance}
+    prompt_list = list(prompts) if prompts is not None else demo.default_prompts()
+    scorer = demo.make_scorer()
 
     def run(path: Path, reference: Mapping[str, Any] | None) -> dict[str, Any]:
         generator = DemoGenerator(load(path), **settings)  # type: ignore[arg-type]
         return evaluate(generator, scorer, prompt_list, seeds, reference, progress)
 
     ref = run(Path(reference_dir), None) if reference_dir is not None else None
-    result = run(Path(model_dir) if model_dir is not None else transformer_dir(), ref)
+    result = run(Path(model_dir) if model_dir is not None else demo.transformer_dir, ref)
     if ref is not None:
         result["reference"] = ref
     return result

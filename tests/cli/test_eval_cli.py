@@ -270,3 +270,27 @@ def test_json_is_an_alias_of_format_json() -> None:
     assert build_parser(argv).parse_args(argv).format == "json"
     argv = ["eval", "--model", "demo"]
     assert build_parser(argv).parse_args(argv).format == "text"
+
+
+def test_the_shapes_demo_is_evaluated_with_its_own_judge(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A shapes-shaped directory takes the shapes route: GenEval's categories, not the digits' metrics,
+    equal to generating with the demo's sampler and judging with ShapesScorer by hand."""
+    import torch
+
+    from hpspec.demo.sampler import DemoGenerator
+    from hpspec.demo.shapes import SHAPES_TRANSFORMER_DIR, ShapesScorer, load_shapes_transformer
+    from hpspec.demo.shapes.prompts import CATEGORIES, analysis_prompts
+
+    prompts = analysis_prompts()[::4]
+    prompt_file = tmp_path / "prompts.txt"
+    prompt_file.write_text("\n".join(prompts) + "\n", encoding="utf-8")
+    code = main(["eval", "--model", str(SHAPES_TRANSFORMER_DIR), "--prompts", str(prompt_file), "--seeds", "1",
+                 "--steps", "3", "--format", "json"])  # fmt: skip
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert "overall" in result["metrics"] and set(result["metrics"]) <= set(CATEGORIES) | {"overall"}
+    with torch.no_grad():
+        images = DemoGenerator(load_shapes_transformer(), steps=3, guidance=3.0).generate(prompts, seed=0)
+    by_hand = ShapesScorer().score(images, prompts)
+    assert {name: result[name] for name in result["metrics"]} == pytest.approx(by_hand, abs=1e-9)
+    assert result["num_images"] == len(prompts)
