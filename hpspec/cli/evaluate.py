@@ -86,7 +86,8 @@ def _is_demo_model(value: str | None) -> bool:
 
 def _demo_route(args: argparse.Namespace) -> bool:
     """The demo's own route: demo models only, no pipeline, the demo scorer (or none named)."""
-    demo = _is_demo_model(args.model) and _is_demo_model(args.reference) and args.pipeline is None
+    # A demo model has no pipeline to go in: its reference is checked as a demo's (demo_of says what is wrong).
+    demo = _is_demo_model(args.model) and args.pipeline is None
     if demo and args.scorer not in (None, "demo"):
         raise UsageError(f"--model {args.model} is the demo's: it is scored by --scorer demo, not {args.scorer}")
     return demo
@@ -96,7 +97,7 @@ def _demo_eval(args: argparse.Namespace) -> dict[str, Any]:
     from hpspec.weights.load import load_pretrained  # torch
 
     demo, model = demo_of(args.model)
-    reference = demo_of(args.reference)[1] or demo.transformer_dir if args.reference else None
+    reference = demo_of(args.reference, "--reference")[1] or demo.transformer_dir if args.reference else None
     result = evaluate_demo(
         model,
         reference_dir=reference,

@@ -12,16 +12,19 @@ from hpspec.method.prompt_sets import prompt_set
 from hpspec.model.targets import DEMO
 
 
-def demo_of(model: str) -> tuple[DemoModel, Path | None]:
+def demo_of(model: str, option: str = "--model") -> tuple[DemoModel, Path | None]:
     """The embedded demo `model` is and its directory: (the digits, None) for `demo`; a directory must be
     shaped like one of the demos' transformers (other models need a pipeline)."""
     if model == DEMO:
         return DIGITS, None
     path = Path(model)
+    if not path.exists():
+        raise UsageError(f"{option} {model}: no such directory (expected `demo`, a demo-shaped transformer directory, or a "
+                         "diffusers pipeline directory or hub id `owner/name`)")  # fmt: skip
     demo = demo_model_of(path)
     if demo is None:
         raise UsageError(
-            f"{model}: neither a demo-shaped transformer directory nor a diffusers pipeline directory "
+            f"{option} {model}: neither a demo-shaped transformer directory nor a diffusers pipeline directory "
             f"(no {MODEL_INDEX_NAME}); for SD3/FLUX give the pipeline's directory or hub id"
         )
     return demo, path

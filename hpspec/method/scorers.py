@@ -72,6 +72,8 @@ class CLIPScorer:
         """A CLIPModel and its tokenizer (or `tokenizer`'s) from a directory or the hub (local only when offline)."""
         from transformers import CLIPModel
 
+        if str(model).startswith((".", "/", "~")) and not Path(model).expanduser().is_dir():
+            raise ScorerError(f"{cls.metric}: no such directory {model} (expected a CLIP model directory or a hub id)")
         try:
             clip = CLIPModel.from_pretrained(str(model), local_files_only=local_only(model))
         except (OSError, ValueError) as error:

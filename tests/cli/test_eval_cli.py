@@ -249,12 +249,15 @@ USAGE, INPUT = 2, 1  # a wrong command line (UsageError), a wrong thing on disk 
         ),
         (["--model", "nobody/nothing", "--scorer", "clip={clip}"], INPUT, "not in the local Hugging Face cache"),
         (["--model", "{out}/prompts.txt", "--scorer", "clip={clip}"], INPUT, "a file; expected"),
+        (["--model", "demo", "--reference", "{out}/missing"], USAGE, "--reference {out}/missing: no such directory"),
+        (["--model", "demo", "--reference", "{out}"], USAGE, "--reference {out}: neither a demo-shaped"),
     ],
 )
 def test_bad_inputs_are_one_error_line(
     cli, out: Path, tiny_sd3_dir: Path, tiny_clip_dir: Path, tmp_path: Path, args: list[str], code: int, says: str
 ) -> None:
     filled = [a.format(out=out, sd3=tiny_sd3_dir, clip=tiny_clip_dir) for a in args]
+    says = says.format(out=out)
     written = tmp_path / "eval.json"
     result = cli("eval", *filled, "--prompts", out / "prompts.txt", "-o", written)
     assert result.code == code, result.err

@@ -102,6 +102,8 @@ def test_pickscore_without_a_tokenizer_names_where_it_looked(tmp_path: Path, tin
 def test_a_missing_model_is_one_scorer_error(tmp_path: Path) -> None:
     with pytest.raises(ScorerError, match="cannot load a CLIP model"):
         scorer_from_spec(f"clip={tmp_path}")
+    with pytest.raises(ScorerError, match=r"pickscore: no such directory .*missing \(expected a CLIP model"):
+        scorer_from_spec(f"pickscore={tmp_path / 'missing'}")
 
 
 class FakeHPSv2:
