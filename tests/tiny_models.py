@@ -84,6 +84,16 @@ def tiny_flux(seed: int = 0) -> nn.Module:
     return build("flux", seed)
 
 
+def wide_flux(seed: int = 0) -> nn.Module:
+    """A 1 + 1 block FLUX 256 wide: its Linears' rows fill the K-quants' 256-weight blocks (`inputs("flux")` fit)."""
+    from diffusers import FluxTransformer2DModel
+
+    config = {**FLUX_CONFIG, "num_layers": 1, "num_single_layers": 1, "attention_head_dim": 128,
+              "axes_dims_rope": (16, 56, 56)}  # fmt: skip
+    torch.manual_seed(seed)
+    return FluxTransformer2DModel(**config).eval()
+
+
 def inputs(kind: str, seed: int = 1, batch: int = 2) -> dict[str, torch.Tensor]:
     """Seeded forward inputs for a tiny model of `kind`."""
     generator = torch.Generator().manual_seed(seed)

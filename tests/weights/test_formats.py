@@ -352,19 +352,10 @@ def test_q6_k_keeps_the_sign_of_each_sub_blocks_largest_weight() -> None:
 
 def test_convert_writes_a_q6_k_flux_gguf_the_gguf_reader_decodes(cli: Callable[..., Any], tmp_path: Path) -> None:
     import gguf
-    from diffusers import FluxTransformer2DModel
 
-    from tests.tiny_models import FLUX_CONFIG
+    from tests.tiny_models import wide_flux
 
-    config = {
-        **FLUX_CONFIG,
-        "num_layers": 1,
-        "num_single_layers": 1,
-        "attention_head_dim": 128,
-        "axes_dims_rope": (16, 56, 56),
-    }
-    torch.manual_seed(0)
-    model = FluxTransformer2DModel(**config).eval()  # 256 wide: its Linears' rows fill Q6_K's 256-weight blocks
+    model = wide_flux()
     model.save_pretrained(tmp_path / "wide")
     out = tmp_path / "wide-q6_k.gguf"
     result = cli("convert", tmp_path / "wide", "--to", "gguf:Q6_K", "-o", out)

@@ -19,7 +19,7 @@ import torch
 
 from hpspec.model.formats.gguf_header import read_gguf
 from hpspec.weights.formats.gguf import convert_to_gguf
-from tests.tiny_models import FLUX_CONFIG, forward, inputs, isolated
+from tests.tiny_models import forward, inputs, isolated, wide_flux
 from tests.weights.test_formats import flux_loadable  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
@@ -35,15 +35,7 @@ def _isolated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 def test_k_quants_load_in_diffusers_in_llama_cpps_order(tmp_path: Path, flux_loadable: Any) -> None:  # noqa: F811
     from diffusers import FluxTransformer2DModel, GGUFQuantizationConfig
 
-    config = {
-        **FLUX_CONFIG,
-        "num_layers": 1,
-        "num_single_layers": 1,
-        "attention_head_dim": 128,
-        "axes_dims_rope": (16, 56, 56),
-    }
-    torch.manual_seed(0)
-    model = FluxTransformer2DModel(**config).eval()  # 256 wide: its Linears' rows fill the K-quants' 256-weight blocks
+    model = wide_flux()
     model.save_pretrained(tmp_path / "wide")
     feed = inputs("flux")
     expected = forward(model, feed)
