@@ -56,3 +56,36 @@ def test_gpu_analyze_sh_is_valid_bash_that_runs_the_python_half() -> None:
     script = REPO / "bench" / "gpu_analyze.sh"
     subprocess.run(["bash", "-n", str(script)], check=True)
     assert 'bench/gpu_analyze.py "$@"' in script.read_text()
+
+
+def test_shapes_sensitivity_costs_are_skip_layers_scores(threads, tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Each block's cost is the full model's mean overall less the mean overall that diffusers'
+    own skip_layers gives, per seed, scored by the judge; the noise is the std over seeds."""
+    import statistics
+
+    from hpspec.demo.models import SHAPES
+    from hpspec.demo.sampler import DemoGenerator
+    from hpspec.demo.shapes import ShapesScorer
+    from hpspec.demo.shapes.prompts import analysis_prompts
+
+    out = tmp_path / "s.json"
+    assert load_script("shapes_sensitivity").main(
+        ["--seeds", "2", "--prompts", "analysis", "--steps", "2", "--threads", "1", "--json", str(out)]
+    ) == 0
+    import json
+
+    result = json.loads(out.read_text())
+    model, prompts = SHAPES.load_transformer(), analysis_prompts()
+
+    def overall(skip: list[int], seed: int) -> float:
+        generator = DemoGenerator(model, steps=2, guidance=SHAPES.guidance, skip_layers=skip)
+        return ShapesScorer().score(generator.generate(prompts, seed), prompts)["overall"]
+
+    full = [overall([], s) for s in (0, 1)]
+    assert result["full_per_seed"] == pytest.approx(full)
+    assert result["noise_std"] == pytest.approx(statistics.stdev(full))
+    last = model.config.num_layers - 1
+    assert [r["block"] for r in result["blocks"]] == list(range(last + 1))
+    assert result["blocks"][last]["cost"] == pytest.approx(statistics.fmean(full) - statistics.fmean(
+        [overall([last], s) for s in (0, 1)]))  # fmt: skip
+    assert "| block skipped | overall | cost | cost / noise |" in capsys.readouterr().out
