@@ -71,7 +71,9 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
     for block in tqdm(range(int(model.config.num_layers)), desc="skip each block", unit="block"):
         skipped = overall_per_seed(generator.with_skipped([block]), prompts, seeds)
         cost = mean_full - statistics.fmean(skipped)
-        rows.append({"block": block, "overall": statistics.fmean(skipped), "cost": cost, "cost_over_noise": cost / noise})
+        rows.append(
+            {"block": block, "overall": statistics.fmean(skipped), "cost": cost, "cost_over_noise": cost / noise}
+        )
     return {
         "prompts": args.prompts,
         "num_prompts": len(prompts),
