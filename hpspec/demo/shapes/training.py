@@ -17,7 +17,7 @@ from hpspec.demo.shapes.scenes import IMAGE_SIZE, layout, render
 from hpspec.demo.text import TextEncoder, TextEncoding
 from hpspec.demo.training import Checkpoint, Log, TransformerTraining, drop_condition, train_flow
 
-POOL_SIZE = 60000
+POOL_SIZE = 100000
 DISTILL_SCENES = 1024  # the distill step's data: train-split scenes of another seed
 DISTILL_SEED = 1
 
