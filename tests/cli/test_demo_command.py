@@ -85,7 +85,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
         torch.set_num_threads(1)  # a shared 2-core machine: oversubscribed threads spin
         try:
             with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-                code = main(["demo", "--out", str(out), "--keep", "0.8"])
+                code = main(["demo", "--model", "digits", "--out", str(out), "--keep", "0.8"])
         finally:
             torch.set_num_threads(threads)
     page = out / REPORT_NAME
@@ -196,3 +196,11 @@ def test_the_page_refuses_inputs_that_do_not_fit(demo_plans: list) -> None:
         render_comparison(dataclasses.replace(base, columns=["method", "x"]))
     with pytest.raises(ReportError, match="at least one plan"):
         render_comparison(dataclasses.replace(base, plans=[]))
+
+
+def test_the_default_demo_is_the_shapes_demo() -> None:
+    """`hpspec demo` with no --model runs the shapes demo (the issue's rule: it keeps within 4 minutes)."""
+    from hpspec.cli.app import build_parser
+
+    args = build_parser(["demo"]).parse_args(["demo"])
+    assert args.model == "shapes" and args.handler is cli_demo.cmd_demo
