@@ -7,7 +7,7 @@ overall with that block skipped (diffusers' own ``skip_layers``, an independent 
 removal), on the same prompts and seeds. Printed as a table, one row per block, and written as JSON.
 
     python bench/shapes_sensitivity.py                       # the shipped model, eval prompts, 5 seeds
-    python bench/shapes_sensitivity.py --model DIR --seeds 3 --prompts analysis --json out.json
+    python bench/shapes_sensitivity.py --model DIR --seeds 3 --prompts analysis --blocks 0,11 --json out.json
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--prompts", choices=("eval", "analysis", "validation"), default="eval")
     parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: the demo's)")
     parser.add_argument("--guidance", type=float, default=None, help="guidance (default: the demo's)")
+    parser.add_argument("--blocks", default="", help="only these blocks, e.g. 0,11 (default: every block)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     return parser.parse_args(argv)
@@ -68,11 +69,17 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
     noise = statistics.stdev(full) if len(full) > 1 else float("nan")
     mean_full = statistics.fmean(full)
     rows = []
-    for block in tqdm(range(int(model.config.num_layers)), desc="skip each block", unit="block"):
+    blocks = [int(b) for b in args.blocks.split(",")] if args.blocks else range(int(model.config.num_layers))
+    for block in tqdm(blocks, desc="skip each block", unit="block"):
         skipped = overall_per_seed(generator.with_skipped([block]), prompts, seeds)
         cost = mean_full - statistics.fmean(skipped)
         rows.append(
-            {"block": block, "overall": statistics.fmean(skipped), "cost": cost, "cost_over_noise": cost / noise}
+            {
+                "block": block,
+                "overall": statistics.fmean(skipped),
+                "cost": cost,
+                "cost_over_noise": cost / noise if noise > 0 else None,
+            }
         )
     return {
         "prompts": args.prompts,
@@ -95,7 +102,8 @@ def table(result: dict[str, object]) -> str:
         "|---|---|---|---|",
     ]
     for row in result["blocks"]:  # type: ignore[attr-defined]
-        lines.append(f"| {row['block']} | {row['overall']:.3f} | {row['cost']:+.3f} | {row['cost_over_noise']:.1f}x |")
+        ratio = "no noise" if row["cost_over_noise"] is None else f"{row['cost_over_noise']:.1f}x"
+        lines.append(f"| {row['block']} | {row['overall']:.3f} | {row['cost']:+.3f} | {ratio} |")
     return "\n".join(lines)
 
 
