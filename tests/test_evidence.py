@@ -64,7 +64,8 @@ def test_reduced_shapes_evidence_run(tmp_path: Path, capsys) -> None:
     assert [r["method"] for r in rows] == ["HPP + PWP + SGDistill inverse", "... inverse + nf4"]
     distilled, quantized = rows
     # HierarchicalPrune's stopping rule keeps under the budget (keep 0.7); how far under depends on the table.
-    assert 0.5 < distilled["params_kept"] <= 0.7 and quantized["weight_bytes"] * 5 < distilled["weight_bytes"]
+    # The shapes model is stored in fp16: nf4 (4 bits, fp16 scales, unquantized norms) is under a third of that.
+    assert 0.5 < distilled["params_kept"] <= 0.7 and quantized["weight_bytes"] * 3 < distilled["weight_bytes"]
     for row in rows:
         assert set(SHAPES.metrics) <= set(row) and all(0 <= row[m] <= 1 for m in SHAPES.metrics)
         assert set(row["std"]) == {*SHAPES.metrics, "degradation"}
