@@ -13,7 +13,6 @@ removal), on the same prompts and seeds. Printed as a table, one row per block, 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from collections.abc import Sequence
@@ -21,6 +20,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from hpspec.core.io import dumps_json, write_text_atomic  # noqa: E402  (torch-free)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -30,10 +31,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--prompts", choices=("eval", "analysis", "validation"), default="eval")
     parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: the demo's)")
     parser.add_argument("--guidance", type=float, default=None, help="guidance (default: the demo's)")
-    parser.add_argument("--blocks", default="", help="only these blocks, e.g. 0,11 (default: every block)")
+    parser.add_argument("--blocks", type=block_list, default=None, help="only these blocks, e.g. 0,11 (default: all)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.model is not None and not (args.model / "config.json").is_file():
+        parser.error(f"--model {args.model}: not a transformer directory (no config.json)")
+    return args
+
+
+def block_list(text: str) -> list[int]:
+    """'0,11' -> [0, 11]; argparse turns the ValueError into a usage error that names the flag."""
+    return [int(b) for b in text.split(",")]
 
 
 def prompt_set(name: str) -> list[str]:
@@ -69,7 +78,7 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
     noise = statistics.stdev(full) if len(full) > 1 else float("nan")
     mean_full = statistics.fmean(full)
     rows = []
-    blocks = [int(b) for b in args.blocks.split(",")] if args.blocks else range(int(model.config.num_layers))
+    blocks = args.blocks if args.blocks is not None else range(int(model.config.num_layers))
     for block in tqdm(blocks, desc="skip each block", unit="block"):
         skipped = overall_per_seed(generator.with_skipped([block]), prompts, seeds)
         cost = mean_full - statistics.fmean(skipped)
@@ -112,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = measure(args)
     print(table(result))
     if args.json is not None:
-        args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        write_text_atomic(args.json, dumps_json(result))
     return 0
 
 

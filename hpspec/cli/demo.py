@@ -127,7 +127,7 @@ def run_demo(
             "original",
             Path("-"),
             1.0,
-            None,  # set from the first plan below: the checkpoint's bytes, as every other row counts
+            None,  # set from a plan below: the checkpoint's stored bytes
             _metrics(reference),
             None,
             None,
@@ -138,12 +138,13 @@ def run_demo(
         say(f"3/4 suggest + compile: {method} at keep {keep}")
         spec = _suggest(method, table_path, keep, out, model.target)
         pruned_dir = _compile(spec, out / method, table_path, force, model.target)
-        if rows[0].weight_bytes is None:  # the shapes model ships fp16 and runs in fp32: count what is stored
-            rows[0] = replace(rows[0], weight_bytes=load_plan_file(pruned_dir / PLAN_NAME).bytes.before)
         say(f"4/4 evaluate: {method}")
         rows.append(run.evaluate(method, spec, pruned_dir))
         if method == "hierarchical":
             rows.extend(_repaired_rows(run, spec, pruned_dir, distill_steps, say))
+    # The original's bytes as every other row counts them, stored (the shapes model is fp16 on disk, fp32 in use).
+    first_stage = next(r.model_dir for r in rows if r.model_dir is not None)
+    rows[0] = replace(rows[0], weight_bytes=load_plan_file(first_stage / PLAN_NAME).bytes.before)
     write_text_atomic(out / "summary.json", dumps_json([_row_json(r) for r in rows]))
     write_comparison(out / REPORT_NAME, comparison(rows, run, keep))
     return rows

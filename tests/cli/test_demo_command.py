@@ -107,6 +107,24 @@ def test_a_missing_back_end_costs_its_row_only(run: DemoRun) -> None:
     assert "note" not in summary["+ distill + int4"]
 
 
+def test_the_original_row_counts_the_stored_bytes(run: DemoRun) -> None:
+    """The original's weights are the shipped checkpoint's parameter bytes (its safetensors header's data
+    offsets, read here by hand; diffusers' own model says which tensors are parameters, not buffers), as
+    the stage rows count theirs; not the bytes of the model as loaded."""
+    from diffusers import SD3Transformer2DModel
+
+    from hpspec.demo.paths import TRANSFORMER_DIR
+
+    raw = (TRANSFORMER_DIR / "diffusion_pytorch_model.safetensors").read_bytes()
+    header = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])
+    config = SD3Transformer2DModel.load_config(TRANSFORMER_DIR)
+    parameters = {name for name, _ in SD3Transformer2DModel.from_config(config).named_parameters()}
+    stored = sum(v["data_offsets"][1] - v["data_offsets"][0] for k, v in header.items() if k in parameters)
+    assert 0 < stored < sum(v["data_offsets"][1] - v["data_offsets"][0] for k, v in header.items() if k != "__metadata__")
+    summary = {row["method"]: row for row in json.loads((run.out / "summary.json").read_text())}
+    assert summary["original"]["weight_bytes"] == stored
+
+
 def test_it_prints_its_time_then_the_page_last(run: DemoRun) -> None:
     lines = run.stdout.splitlines()
     assert re.fullmatch(r"the demo took (\d+ min \d+ s|\d+\.\d s)", lines[-2])
